@@ -1,0 +1,31 @@
+# minescan: region + period -> tiles -> quadrants -> discovery FCN -> impact CNN -> national layers.
+# Run:  snakemake --profile profiles/default                      (the embedded demo)
+#       snakemake --profile profiles/default --configfile my.yaml (your region)
+# Every rule is a thin call of the `minescan` CLI; the work and its tests live in src/minescan.
+from minescan import config as cfgmod
+from minescan.plan import scan_plan
+
+
+configfile: "config/demo.yaml"
+
+
+config.update(cfgmod.validate(config, "config (--configfile/--config)"))
+PLAN = scan_plan(config)
+R = config["results_dir"]
+REGION = config["region"]["name"]
+PERIODS = config["periods"]
+
+
+include: "rules/common.smk"
+include: "rules/acquire.smk"
+include: "rules/train.smk"
+include: "rules/detect.smk"
+include: "rules/classify.smk"
+include: "rules/merge.smk"
+# include: "rules/train_real.smk"  (added with the real-data model)
+
+
+rule all:
+    default_target: True
+    input:
+        expand(f"{R}/{REGION}/{{period}}/summary.json", period=PERIODS),

@@ -1,0 +1,78 @@
+# Acquire: imagery for every grid tile of the region (core + halo), as uint16 GeoTIFFs with band names.
+# source.kind decides where pixels come from; everything downstream only reads the tile files.
+
+
+rule demo_scene:
+    """A SIMULATED Sentinel-2 composite over the region's tiles, with its ground-truth sites."""
+    input:
+        region=config["region"]["file"],
+    output:
+        scene=f"{SCAN}/source/demo_scene.tif",
+        truth=f"{SCAN}/source/demo_truth.gpkg",
+    log:
+        f"{LOGS}/demo_scene.log",
+    params:
+        seed=config["source"]["demo"]["seed"],
+        sites=config["source"]["demo"]["sites_per_tile"],
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        "minescan demo-scene --region {input.region} --period {wildcards.period} --seed {params.seed} "
+        "--sites-per-tile {params.sites} {GRID_ARGS} --scene {output.scene} --truth {output.truth} 2> {log}"
+
+
+rule demo_training_scene:
+    """An independent SIMULATED scene (other seed) with labelled points, to train the demo models on."""
+    input:
+        region=config["region"]["file"],
+    output:
+        scene=f"{R}/demo-training/scene.tif",
+        truth=f"{R}/demo-training/truth.gpkg",
+        points=f"{R}/demo-training/points.csv",
+    log:
+        f"{R}/logs/demo_training_scene.log",
+    params:
+        seed=config["source"]["demo"]["seed"],
+        sites=config["source"]["demo"]["sites_per_tile"],
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        "minescan demo-scene --training --region {input.region} --seed {params.seed} "
+        "--sites-per-tile {params.sites} {GRID_ARGS} --scene {output.scene} --truth {output.truth} "
+        "--points {output.points} 2> {log}"
+
+
+def tile_sources(wildcards):
+    if config["source"]["kind"] == "demo":
+        return [f"{R}/{wildcards.region}/{wildcards.period}/source/demo_scene.tif"]
+    if config["source"]["kind"] == "local":
+        return local_sources(wildcards)
+    raise ValueError("source.kind 'gee' is provided by the Earth Engine acquisition stage")
+
+
+rule tile:
+    """Warp/cut the source imagery into one grid tile (core + halo)."""
+    input:
+        tile_sources,
+    output:
+        f"{SCAN}/tiles/{{tile}}.tif",
+    log:
+        f"{LOGS}/tile/{{tile}}.log",
+    params:
+        bands=" ".join(config["bands"]),
+        band_names=(
+            "--band-names " + " ".join(config["source"]["local"]["band_names"])
+            if config["source"]["local"]["band_names"]
+            else ""
+        ),
+        resampling=config["source"]["local"]["resampling"],
+        nodata=config["source"]["nodata"],
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "minescan make-tile --tile {wildcards.tile} --sources {input} --period {wildcards.period} "
+        "--bands {params.bands} {params.band_names} --resampling {params.resampling} "
+        "--nodata {params.nodata} {GRID_ARGS} --out {output} 2> {log}"

@@ -1,0 +1,45 @@
+# Shared values and input functions for the rules. Nothing here does work: it only names paths and the
+# CLI arguments derived from the validated config.
+from minescan.grid import QUADRANTS
+from minescan.tiles import expand_sources
+
+
+wildcard_constraints:
+    region=REGION,
+    period=r"\d\d\d\d(?:Q[1-4])?",
+    tile=r"\d\d[NS]-E\d\d\d+-N\d\d\d\d+",
+    quadrant="|".join(QUADRANTS),
+
+
+SCAN = f"{R}/{{region}}/{{period}}"
+LOGS = f"{R}/logs/{{region}}/{{period}}"
+BENCH = f"{R}/benchmarks/{{region}}/{{period}}"
+GRID_ARGS = (
+    f"--tile-px {config['grid']['tile_px']} --halo-px {config['grid']['halo_px']} "
+    f"--resolution-m {config['grid']['resolution_m']}"
+)
+SCALE = config["source"]["reflectance_scale"]
+DISCOVERY = config["models"]["discovery"]
+IMPACT = config["models"]["impact"]
+
+
+def model_files(path):
+    """A model directory's two files (inputs, so a replaced model re-runs what depends on it)."""
+    return [f"{path}/model.keras", f"{path}/card.json"] if path else []
+
+
+def quadrant_dirs(wildcards):
+    return [f"{R}/{wildcards.region}/{wildcards.period}/quadrants/{t}_{q}" for t, q in PLAN.quadrants]
+
+
+def truth_file(wildcards):
+    """Ground truth for recall/precision: merge.truth, or the demo scene's own truth."""
+    if config["merge"]["truth"]:
+        return config["merge"]["truth"].format(region=wildcards.region, period=wildcards.period)
+    if config["source"]["kind"] == "demo":
+        return f"{R}/{wildcards.region}/{wildcards.period}/source/demo_truth.gpkg"
+    return []
+
+
+def local_sources(wildcards):
+    return [str(p) for p in expand_sources(config["source"]["local"]["paths"], wildcards.period)]

@@ -1,0 +1,39 @@
+# Merge: every quadrant of one scan into its layers (CSV, KML, GeoPackage of sites, summary.json).
+
+
+rule merge:
+    input:
+        classified=lambda wc: [f"{d}/classified.csv" for d in quadrant_dirs(wc)],
+        region=config["region"]["file"],
+        models=model_files(DISCOVERY) + model_files(IMPACT),
+        truth=truth_file,
+    output:
+        detections=f"{SCAN}/detections.csv",
+        kml=f"{SCAN}/detections.kml",
+        rejected=f"{SCAN}/rejected.csv",
+        sites=f"{SCAN}/sites.gpkg",
+        summary=f"{SCAN}/summary.json",
+    log:
+        f"{LOGS}/merge.log",
+    params:
+        outdir=SCAN,
+        discovery=DISCOVERY,
+        impact=IMPACT or "none",
+        threshold=(
+            f"--threshold {config['detect']['threshold']}"
+            if config["detect"]["threshold"] is not None
+            else ""
+        ),
+        drop="--drop-no-ore" if config["classify"]["drop_no_ore"] else "--no-drop-no-ore",
+        connectivity=config["merge"]["connectivity"],
+        truth=lambda wc, input: f"--truth {input.truth}" if input.truth else "",
+        layer=f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else "",
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "minescan merge --classified {input.classified} --outdir {params.outdir} --region {input.region} "
+        "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
+        "--discovery-model {params.discovery} --impact-model {params.impact} {params.threshold} "
+        "{params.drop} --connectivity {params.connectivity} {params.truth} "
+        "--resolution-m {config[grid][resolution_m]} 2> {log}"

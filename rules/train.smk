@@ -1,0 +1,63 @@
+# Train: the discovery FCN and the impact CNN from labelled points + images, when config.train says so.
+# Otherwise models.discovery / models.impact name existing model directories.
+
+
+def training_rule_args(kind):
+    t = config["train"][kind]
+    window = f"--window {t['window']}" if t["window"] else ""
+    return (
+        f"--folds {t['folds']} --epochs {t['epochs']} --batch-size {t['batch_size']} "
+        f"--learning-rate {t['learning_rate']} --seed {t['seed']} --threshold {t['threshold']} {window}"
+    )
+
+
+if config["train"]["discovery"]:
+
+    rule train_discovery:
+        """Discovery FCN: chips around the points, k-fold CV, final model on all chips."""
+        input:
+            points=config["train"]["discovery"]["points"],
+            images=config["train"]["discovery"]["images"],
+        output:
+            model_files(DISCOVERY),
+        log:
+            f"{R}/logs/train_discovery.log",
+        benchmark:
+            f"{R}/benchmarks/train_discovery.tsv"
+        params:
+            out=DISCOVERY,
+            args=training_rule_args("discovery"),
+            bands=" ".join(config["bands"]),
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=240,
+        shell:
+            "minescan train discovery --points {input.points} --images {input.images} --out {params.out} "
+            "--bands {params.bands} --scale {SCALE} {params.args} > {log} 2>&1"
+
+
+if config["train"]["impact"] and IMPACT:
+
+    rule train_impact:
+        """Impact CNN (high / low / no ore) on 21 x 21 chips."""
+        input:
+            points=config["train"]["impact"]["points"],
+            images=config["train"]["impact"]["images"],
+        output:
+            model_files(IMPACT),
+        log:
+            f"{R}/logs/train_impact.log",
+        benchmark:
+            f"{R}/benchmarks/train_impact.tsv"
+        params:
+            out=IMPACT,
+            args=training_rule_args("impact"),
+            bands=" ".join(config["bands"]),
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=120,
+        shell:
+            "minescan train impact --points {input.points} --images {input.images} --out {params.out} "
+            "--bands {params.bands} --scale {SCALE} {params.args} > {log} 2>&1"

@@ -1,0 +1,107 @@
+"""Load and validate a scan configuration against ``config_schema.yaml``, filling in defaults.
+
+Every error names the offending key (as a dotted path) and the file it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+PERIOD_RE = re.compile(r"^(\d{4})(?:Q([1-4]))?$")
+
+
+@cache
+def schema() -> dict:
+    return yaml.safe_load(resources.files("minescan").joinpath("config_schema.yaml").read_text())
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    ref = node.get("$ref")
+    if ref:
+        target = root
+        for part in ref.lstrip("#/").split("/"):
+            target = target[part]
+        return target
+    return node
+
+
+def _fill_defaults(value, node: dict, root: dict):
+    """Recursively insert schema defaults for missing object properties (including nested objects)."""
+    node = _resolve(node, root)
+    if isinstance(value, dict):
+        for key, sub in node.get("properties", {}).items():
+            sub_r = _resolve(sub, root)
+            if key not in value and "default" in sub_r:
+                value[key] = copy.deepcopy(sub_r["default"])
+            if key in value:
+                value[key] = _fill_defaults(value[key], sub_r, root)
+    return value
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Return a validated copy of ``config`` with defaults filled in; raise ConfigError naming the key."""
+    root = schema()
+    cfg = _fill_defaults(copy.deepcopy(config or {}), root, root)
+    validator = jsonschema.Draft202012Validator(root)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), _path(e)))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            where = _path(err)
+            keys = ", ".join(f"'{k}'" if where == "(top level)" else f"'{where}.{k}'" for k in extra)
+            raise ConfigError(f"{source}: unknown key {keys}")
+        raise ConfigError(f"{source}: key '{_path(err)}': {err.message}")
+    if cfg["grid"]["tile_px"] % 2:
+        raise ConfigError(f"{source}: key 'grid.tile_px' must be even (a tile splits into four quadrants)")
+    return cfg
+
+
+def load(path: str | Path, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate(raw, str(path))
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def period_dates(period: str) -> tuple[str, str]:
+    """'2026Q1' -> ('2026-01-01', '2026-04-01'); '2025' -> ('2025-01-01', '2026-01-01'). End exclusive."""
+    m = PERIOD_RE.match(period)
+    if not m:
+        raise ConfigError(f"period '{period}' is neither a year (2025) nor a quarter (2026Q1)")
+    year, quarter = int(m.group(1)), m.group(2)
+    if quarter is None:
+        return f"{year}-01-01", f"{year + 1}-01-01"
+    q = int(quarter)
+    start_month = 3 * (q - 1) + 1
+    end_year, end_month = (year + 1, 1) if q == 4 else (year, start_month + 3)
+    return f"{year}-{start_month:02d}-01", f"{end_year}-{end_month:02d}-01"
