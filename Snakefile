@@ -2,11 +2,22 @@
 # Run:  snakemake --profile profiles/default                      (the embedded demo)
 #       snakemake --profile profiles/default --configfile my.yaml (your region)
 # Every rule is a thin call of the `minescan` CLI; the work and its tests live in src/minescan.
+import os
+import sys
+
 from minescan import config as cfgmod
 from minescan.plan import scan_plan
 
+# Rules call the `minescan` CLI installed beside the Python running Snakemake (e.g. .venv/bin), even when
+# that environment is not activated.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
 
 configfile: "config/demo.yaml"
+
+
+envvars:
+    "PATH",
 
 
 config.update(cfgmod.validate(config, "config (--configfile/--config)"))
@@ -18,6 +29,7 @@ PERIODS = config["periods"]
 
 include: "rules/common.smk"
 include: "rules/acquire.smk"
+include: "rules/acquire_gee.smk"
 include: "rules/train.smk"
 include: "rules/detect.smk"
 include: "rules/classify.smk"

@@ -9,9 +9,12 @@ rule demo_scene:
     output:
         scene=f"{SCAN}/source/demo_scene.tif",
         truth=f"{SCAN}/source/demo_truth.gpkg",
+    conda:
+        ENV
     log:
         f"{LOGS}/demo_scene.log",
     params:
+        grid=GRID_ARGS,
         seed=config["source"]["demo"]["seed"],
         sites=config["source"]["demo"]["sites_per_tile"],
     resources:
@@ -19,7 +22,7 @@ rule demo_scene:
         runtime=20,
     shell:
         "minescan demo-scene --region {input.region} --period {wildcards.period} --seed {params.seed} "
-        "--sites-per-tile {params.sites} {GRID_ARGS} --scene {output.scene} --truth {output.truth} 2> {log}"
+        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene} --truth {output.truth} 2> {log}"
 
 
 rule demo_training_scene:
@@ -30,9 +33,12 @@ rule demo_training_scene:
         scene=f"{R}/demo-training/scene.tif",
         truth=f"{R}/demo-training/truth.gpkg",
         points=f"{R}/demo-training/points.csv",
+    conda:
+        ENV
     log:
         f"{R}/logs/demo_training_scene.log",
     params:
+        grid=GRID_ARGS,
         seed=config["source"]["demo"]["seed"],
         sites=config["source"]["demo"]["sites_per_tile"],
     resources:
@@ -40,39 +46,36 @@ rule demo_training_scene:
         runtime=20,
     shell:
         "minescan demo-scene --training --region {input.region} --seed {params.seed} "
-        "--sites-per-tile {params.sites} {GRID_ARGS} --scene {output.scene} --truth {output.truth} "
+        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene} --truth {output.truth} "
         "--points {output.points} 2> {log}"
 
 
-def tile_sources(wildcards):
-    if config["source"]["kind"] == "demo":
-        return [f"{R}/{wildcards.region}/{wildcards.period}/source/demo_scene.tif"]
-    if config["source"]["kind"] == "local":
-        return local_sources(wildcards)
-    raise ValueError("source.kind 'gee' is provided by the Earth Engine acquisition stage")
+if config["source"]["kind"] in ("demo", "local"):
 
-
-rule tile:
-    """Warp/cut the source imagery into one grid tile (core + halo)."""
-    input:
-        tile_sources,
-    output:
-        f"{SCAN}/tiles/{{tile}}.tif",
-    log:
-        f"{LOGS}/tile/{{tile}}.log",
-    params:
-        bands=" ".join(config["bands"]),
-        band_names=(
-            "--band-names " + " ".join(config["source"]["local"]["band_names"])
-            if config["source"]["local"]["band_names"]
-            else ""
-        ),
-        resampling=config["source"]["local"]["resampling"],
-        nodata=config["source"]["nodata"],
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    shell:
-        "minescan make-tile --tile {wildcards.tile} --sources {input} --period {wildcards.period} "
-        "--bands {params.bands} {params.band_names} --resampling {params.resampling} "
-        "--nodata {params.nodata} {GRID_ARGS} --out {output} 2> {log}"
+    rule tile:
+        """Warp/cut the source imagery into one grid tile (core + halo)."""
+        input:
+            tile_sources,
+        output:
+            f"{SCAN}/tiles/{{tile}}.tif",
+        conda:
+            ENV
+        log:
+            f"{LOGS}/tile/{{tile}}.log",
+        params:
+            grid=GRID_ARGS,
+            bands=" ".join(config["bands"]),
+            band_names=(
+                "--band-names " + " ".join(config["source"]["local"]["band_names"])
+                if config["source"]["local"]["band_names"]
+                else ""
+            ),
+            resampling=config["source"]["local"]["resampling"],
+            nodata=config["source"]["nodata"],
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "minescan make-tile --tile {wildcards.tile} --sources {input} --period {wildcards.period} "
+            "--bands {params.bands} {params.band_names} --resampling {params.resampling} "
+            "--nodata {params.nodata} {params.grid} --out {output} 2> {log}"

@@ -8,12 +8,16 @@ rule classify:
         model=model_files(IMPACT),
     output:
         f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/classified.csv",
+    conda:
+        ENV
     log:
         f"{LOGS}/classify/{{tile}}_{{quadrant}}.log",
     benchmark:
         f"{BENCH}/classify/{{tile}}_{{quadrant}}.tsv"
     params:
-        model=IMPACT or "none",
+        grid=GRID_ARGS,
+        scale=SCALE,
+        model=lambda wc, input: os.path.dirname(input.model[0]) if input.model else "none",
         batch=config["classify"]["batch_size"],
     threads: 2
     resources:
@@ -22,5 +26,5 @@ rule classify:
         gpu=0,
     shell:
         "minescan classify --tile {wildcards.tile} --tile-path {input.tile} --model {params.model} "
-        "--candidates {input.candidates} --scale {SCALE} --batch-size {params.batch} {GRID_ARGS} "
+        "--candidates {input.candidates} --scale {params.scale} --batch-size {params.batch} {params.grid} "
         "--out {output} 2> {log}"

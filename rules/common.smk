@@ -14,6 +14,7 @@ wildcard_constraints:
 SCAN = f"{R}/{{region}}/{{period}}"
 LOGS = f"{R}/logs/{{region}}/{{period}}"
 BENCH = f"{R}/benchmarks/{{region}}/{{period}}"
+ENV = "../envs/minescan.yaml"
 GRID_ARGS = (
     f"--tile-px {config['grid']['tile_px']} --halo-px {config['grid']['halo_px']} "
     f"--resolution-m {config['grid']['resolution_m']}"
@@ -43,3 +44,18 @@ def truth_file(wildcards):
 
 def local_sources(wildcards):
     return [str(p) for p in expand_sources(config["source"]["local"]["paths"], wildcards.period)]
+
+
+def tile_sources(wildcards):
+    if config["source"]["kind"] == "demo":
+        return [f"{R}/{wildcards.region}/{wildcards.period}/source/demo_scene.tif"]
+    return local_sources(wildcards)
+
+
+def training_rule_args(kind):
+    t = config["train"][kind]
+    window = f"--window {t['window']}" if t["window"] else ""
+    return (
+        f"--folds {t['folds']} --epochs {t['epochs']} --batch-size {t['batch_size']} "
+        f"--learning-rate {t['learning_rate']} --seed {t['seed']} --threshold {t['threshold']} {window}"
+    )

@@ -10,12 +10,16 @@ rule detect:
     output:
         probability=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/probability.tif",
         candidates=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/candidates.csv",
+    conda:
+        ENV
     log:
         f"{LOGS}/detect/{{tile}}_{{quadrant}}.log",
     benchmark:
         f"{BENCH}/detect/{{tile}}_{{quadrant}}.tsv"
     params:
-        model=DISCOVERY,
+        grid=GRID_ARGS,
+        scale=SCALE,
+        model=lambda wc, input: os.path.dirname(input.model[0]),
         threshold=(
             f"--threshold {config['detect']['threshold']}"
             if config["detect"]["threshold"] is not None
@@ -31,6 +35,6 @@ rule detect:
         gpu=0,
     shell:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile} "
-        "--model {params.model} --region {input.region} {params.layer} --scale {SCALE} {params.threshold} "
-        "--block-cells {params.block} --on-empty {params.on_empty} {GRID_ARGS} "
+        "--model {params.model} --region {input.region} {params.layer} --scale {params.scale} {params.threshold} "
+        "--block-cells {params.block} --on-empty {params.on_empty} {params.grid} "
         "--prob-out {output.probability} --candidates-out {output.candidates} 2> {log}"

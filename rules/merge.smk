@@ -13,12 +13,15 @@ rule merge:
         rejected=f"{SCAN}/rejected.csv",
         sites=f"{SCAN}/sites.gpkg",
         summary=f"{SCAN}/summary.json",
+    conda:
+        ENV
     log:
         f"{LOGS}/merge.log",
     params:
-        outdir=SCAN,
-        discovery=DISCOVERY,
-        impact=IMPACT or "none",
+        outdir=lambda wc, output: os.path.dirname(output.summary),
+        discovery=lambda wc, input: os.path.dirname(input.models[0]),
+        impact=lambda wc, input: os.path.dirname(input.models[2]) if len(input.models) > 2 else "none",
+        resolution=config["grid"]["resolution_m"],
         threshold=(
             f"--threshold {config['detect']['threshold']}"
             if config["detect"]["threshold"] is not None
@@ -36,4 +39,4 @@ rule merge:
         "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
         "--discovery-model {params.discovery} --impact-model {params.impact} {params.threshold} "
         "{params.drop} --connectivity {params.connectivity} {params.truth} "
-        "--resolution-m {config[grid][resolution_m]} 2> {log}"
+        "--resolution-m {params.resolution} 2> {log}"

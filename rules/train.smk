@@ -2,15 +2,6 @@
 # Otherwise models.discovery / models.impact name existing model directories.
 
 
-def training_rule_args(kind):
-    t = config["train"][kind]
-    window = f"--window {t['window']}" if t["window"] else ""
-    return (
-        f"--folds {t['folds']} --epochs {t['epochs']} --batch-size {t['batch_size']} "
-        f"--learning-rate {t['learning_rate']} --seed {t['seed']} --threshold {t['threshold']} {window}"
-    )
-
-
 if config["train"]["discovery"]:
 
     rule train_discovery:
@@ -20,12 +11,15 @@ if config["train"]["discovery"]:
             images=config["train"]["discovery"]["images"],
         output:
             model_files(DISCOVERY),
+        conda:
+            ENV
         log:
             f"{R}/logs/train_discovery.log",
         benchmark:
             f"{R}/benchmarks/train_discovery.tsv"
         params:
-            out=DISCOVERY,
+            scale=SCALE,
+            out=lambda wc, output: os.path.dirname(output[0]),
             args=training_rule_args("discovery"),
             bands=" ".join(config["bands"]),
         threads: 2
@@ -34,7 +28,7 @@ if config["train"]["discovery"]:
             runtime=240,
         shell:
             "minescan train discovery --points {input.points} --images {input.images} --out {params.out} "
-            "--bands {params.bands} --scale {SCALE} {params.args} > {log} 2>&1"
+            "--bands {params.bands} --scale {params.scale} {params.args} > {log} 2>&1"
 
 
 if config["train"]["impact"] and IMPACT:
@@ -46,12 +40,15 @@ if config["train"]["impact"] and IMPACT:
             images=config["train"]["impact"]["images"],
         output:
             model_files(IMPACT),
+        conda:
+            ENV
         log:
             f"{R}/logs/train_impact.log",
         benchmark:
             f"{R}/benchmarks/train_impact.tsv"
         params:
-            out=IMPACT,
+            scale=SCALE,
+            out=lambda wc, output: os.path.dirname(output[0]),
             args=training_rule_args("impact"),
             bands=" ".join(config["bands"]),
         threads: 2
@@ -60,4 +57,4 @@ if config["train"]["impact"] and IMPACT:
             runtime=120,
         shell:
             "minescan train impact --points {input.points} --images {input.images} --out {params.out} "
-            "--bands {params.bands} --scale {SCALE} {params.args} > {log} 2>&1"
+            "--bands {params.bands} --scale {params.scale} {params.args} > {log} 2>&1"

@@ -254,7 +254,7 @@ def _plugin_modules():
     import importlib
 
     mods = []
-    for name in ("minescan.cli_chips",):
+    for name in ("minescan.cli_chips", "minescan.cli_gee"):
         try:
             mods.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:

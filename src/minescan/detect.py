@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pandas as pd
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.io import MemoryFile
 from shapely import contains_xy
