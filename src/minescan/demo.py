@@ -78,8 +78,8 @@ class _Painter:
         """Pixel window (row0, row1, col0, col1) around a geometry, clipped to the scene."""
         inv = ~self.transform
         x0, y0, x1, y1 = geom.bounds
-        c0, r0 = inv * (x0, y1)
-        c1, r1 = inv * (x1, y0)
+        c0, r0 = inv @ (x0, y1)
+        c1, r1 = inv @ (x1, y0)
         h, w = self.shape
         r0, c0 = max(0, int(r0) - pad), max(0, int(c0) - pad)
         r1, c1 = min(h, int(r1) + 2 + pad), min(w, int(c1) + 2 + pad)
@@ -91,7 +91,7 @@ class _Painter:
             return out
         r0, r1, c0, c1 = self._window(geom, 0)
         if r1 > r0 and c1 > c0:
-            t = self.transform * Affine.translation(c0, r0)
+            t = self.transform @ Affine.translation(c0, r0)
             out[r0:r1, c0:c1] = features.rasterize([(geom, 1)], out_shape=(r1 - r0, c1 - c0), transform=t,
                                                    dtype="uint8").astype(bool)
         return out
@@ -103,7 +103,7 @@ class _Painter:
         r0, r1, c0, c1 = self._window(geom, pad)
         if r1 <= r0 or c1 <= c0:
             return
-        t = self.transform * Affine.translation(c0, r0)
+        t = self.transform @ Affine.translation(c0, r0)
         m = features.rasterize([(geom, 1)], out_shape=(r1 - r0, c1 - c0), transform=t, dtype="uint8")
         m = m.astype(np.float32)
         if soft > 0:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
+import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 from shapely.geometry import Polygon, box
-from shapely.ops import transform as shp_transform
 
 from .errors import ConfigError, InputDataError
 from .networks import STRIDE
@@ -74,7 +74,7 @@ def _transformer(src: int, dst: int) -> Transformer:
 
 
 def to_crs(geom, src_epsg: int, dst_epsg: int):
-    return shp_transform(_transformer(src_epsg, dst_epsg).transform, geom)
+    return shapely.transform(geom, _transformer(src_epsg, dst_epsg).transform, interleaved=False)
 
 
 @dataclass(frozen=True)

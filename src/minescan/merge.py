@@ -46,7 +46,7 @@ def read_classified(paths: list[str | Path]) -> pd.DataFrame:
 
 
 def label_sites(df: pd.DataFrame, connectivity: int = 8) -> pd.Series:
-    """Connected components of detected cells (per UTM zone); id = zone-cellx-celly of the first cell."""
+    """Connected components of detected cells (per UTM zone), named after their north-west-most cell."""
     ids = pd.Series(index=df.index, dtype=object)
     offsets = [(-1, 0), (1, 0), (0, -1), (0, 1)]
     if connectivity == 8:
@@ -68,7 +68,7 @@ def label_sites(df: pd.DataFrame, connectivity: int = 8) -> pd.Series:
                         seen.add(nb)
                         stack.append(nb)
             first = min(members, key=lambda c: (c[1], c[0]))
-            sid = f"{zone}-{first[0]}-{first[1]}"
+            sid = f"{zone}-E{first[0]}-N{-first[1]}"  # cell rows count southwards: -ky grows northwards
             for m in members:
                 ids[where[m]] = sid
     return ids
@@ -103,7 +103,7 @@ def build_sites(det: pd.DataFrame, resolution_m: float) -> gpd.GeoDataFrame:
 
 def write_csv(df: pd.DataFrame, path) -> None:
     with atomic_output(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.7g", lineterminator="\n")
+        df.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def write_kml(det: pd.DataFrame, path, title: str) -> None:

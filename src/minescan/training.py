@@ -70,7 +70,7 @@ def extract_chips(points: pd.DataFrame, images: list, window: int, bands: list[s
             inv = ~raster.ds.transform
             for i in sorted(remaining):
                 x, y = to_img.transform(points.at[i, "lon"], points.at[i, "lat"])
-                col, row = inv * (x, y)
+                col, row = inv @ (x, y)
                 c0, r0 = int(np.floor(col)) - window // 2, int(np.floor(row)) - window // 2
                 if c0 < 0 or r0 < 0 or c0 + window > raster.ds.width or r0 + window > raster.ds.height:
                     continue

@@ -1,0 +1,39 @@
+# minescan: the two commands.
+#   make demo   create .venv and run the embedded demo scan (simulated scene -> train -> scan -> layers)
+#   make test   create .venv and run the test suite
+# Other targets: make bench (benchmarks), make lint, make clean-demo.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean-demo venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default --configfile config/demo.yaml
+	@$(BIN)/python -c "import json; s = json.load(open('results/demo/2026Q1/summary.json')); e = s['evaluation']; \
+	print(f\"\nDemo scan (SIMULATED scene): {s['sites']} sites, {s['detections']} detections, {s['rejected_no_ore']} rejected as no ore\"); \
+	print(f\"site-level recall {e['recall']} ({e['found_mines']}/{e['truth_mines']} true mines), precision {e['precision']} ({e['correct_sites']}/{e['detected_sites']} sites)\"); \
+	print('layers in results/demo/2026Q1/')"
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakemake --lint
+
+clean-demo:
+	rm -rf results/demo results/demo-training results/models/demo-discovery results/models/demo-impact results/logs results/benchmarks
