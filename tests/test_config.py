@@ -53,3 +53,12 @@ def test_every_config_key_is_documented_in_schema_and_readme():
 
     walk(cfgmod.schema(), "")
     assert not missing, "undocumented config keys: " + ", ".join(missing)
+
+
+def test_readme_config_reference_is_current():
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    assert start in readme and end in readme
+    block = readme.split(start, 1)[1].split(end, 1)[0]
+    assert block.strip() == cfgmod.reference_markdown().strip(), (
+        "README's config reference is stale: regenerate it with `minescan config-reference`")

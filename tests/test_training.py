@@ -19,7 +19,6 @@ def labelled(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     t = grid_tile()
     c0, r0, c1, r1 = t.core_px()
-    rng = np.random.default_rng(0)
     centres = [(int(c0 + 120 + 95 * i), int(r0 + 160 + 200 * j)) for i in range(5) for j in range(2)]
     squares = [(x - 20, y - 20, x + 20, y + 20) for x, y in centres[:5]]
     scene = write_scene(d / "scene.tif", [t], squares=squares, noise_seed=1)

@@ -54,6 +54,13 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_config_reference(args) -> int:
+    from .config import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
 def cmd_demo_scene(args) -> int:
     from .demo import scene_bounds_for_tiles, simulate_scene, training_points, write_scene
     from .grid import quadrants_for_region, tiles_for_region
@@ -158,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("config-reference", help="print every config key (type, default, description) as Markdown")
+    p.set_defaults(func=cmd_config_reference)
 
     p = sub.add_parser("demo-scene", help="write a SIMULATED Sentinel-2 scene and its ground truth over a region's tiles")
     p.add_argument("--region", required=True, help="region file")

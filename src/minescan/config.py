@@ -105,3 +105,41 @@ def period_dates(period: str) -> tuple[str, str]:
     start_month = 3 * (q - 1) + 1
     end_year, end_month = (year + 1, 1) if q == 4 else (year, start_month + 3)
     return f"{year}-{start_month:02d}-01", f"{end_year}-{end_month:02d}-01"
+
+
+def reference_markdown() -> str:
+    """Every config key as a Markdown table (key, type, default, description), generated from the schema.
+
+    README.md embeds this table between markers; tests/test_config.py checks it is current.
+    """
+    root = schema()
+    rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+
+    def fmt_type(node):
+        if "enum" in node:
+            return " / ".join(str(v) for v in node["enum"])
+        t = node.get("type", "")
+        return " or ".join(t) if isinstance(t, list) else str(t)
+
+    def walk(node, prefix):
+        node = _resolve(node, root)
+        for key, sub in node.get("properties", {}).items():
+            sub_r = _resolve(sub, root)
+            path = f"{prefix}{key}"
+            if "default" in sub_r:
+                default = sub_r["default"]
+                default_txt = "" if default == {} else f"`{json_dump(default)}`"
+            else:
+                default_txt = "required" if key in node.get("required", []) else ""
+            desc = " ".join(str(sub_r.get("description", "")).split()).replace("|", "\\|")
+            rows.append(f"| `{path}` | {fmt_type(sub_r)} | {default_txt} | {desc} |")
+            walk(sub_r, path + ".")
+
+    walk(root, "")
+    return "\n".join(rows) + "\n"
+
+
+def json_dump(value) -> str:
+    import json
+
+    return json.dumps(value)
