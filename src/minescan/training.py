@@ -67,13 +67,16 @@ def extract_chips(points: pd.DataFrame, images: list, window: int, bands: list[s
         with TileRaster(image) as raster:
             idx = raster.band_indices(bands)
             to_img = Transformer.from_crs(4326, raster.ds.crs, always_xy=True)
-            inv = ~raster.ds.transform
-            for i in sorted(remaining):
-                x, y = to_img.transform(points.at[i, "lon"], points.at[i, "lat"])
-                col, row = inv @ (x, y)
-                c0, r0 = int(np.floor(col)) - window // 2, int(np.floor(row)) - window // 2
-                if c0 < 0 or r0 < 0 or c0 + window > raster.ds.width or r0 + window > raster.ds.height:
-                    continue
+            todo = np.array(sorted(remaining), dtype=np.int64)
+            if len(todo) == 0:
+                break
+            xs, ys = to_img.transform(points["lon"].to_numpy()[todo], points["lat"].to_numpy()[todo])
+            cols, rows = ~raster.ds.transform @ (np.asarray(xs), np.asarray(ys))
+            c0s = np.floor(cols).astype(np.int64) - window // 2
+            r0s = np.floor(rows).astype(np.int64) - window // 2
+            inside = (c0s >= 0) & (r0s >= 0) & (c0s + window <= raster.ds.width) & (r0s + window <= raster.ds.height)
+            for i, c0, r0 in zip(todo[inside], c0s[inside], r0s[inside], strict=True):
+                i, c0, r0 = int(i), int(c0), int(r0)
                 raw = raster.read_px(c0, r0, c0 + window, r0 + window, idx)
                 valid = np.all(raw != raster.nodata, axis=-1)
                 remaining.discard(i)
