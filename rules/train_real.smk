@@ -1,30 +1,37 @@
 # Train the discovery FCN ensemble on real Sentinel-2 RGB chips (earthrise-media/mining-detector galleries,
-# CC BY 4.0, Earth Genome): validation run on a temporal hold-out grouped by gallery (threshold chosen there),
-# then a refit on all chips. The shipped copy of the result lives in models/amazon-rgb48/.
+# CC BY 4.0, Earth Genome): temporal cross-validation grouped by gallery (each fold
+# holds out one composite year; threshold chosen on the pooled out-of-fold scores), then a refit on all
+# chips. The shipped copy of the result lives in models/amazon-rgb48/.
+# Included from the Snakefile; also runs on its own: snakemake -s rules/train_real.smk --cores 2 train_amazon_rgb48
 #
 #   snakemake --cores 2 train_amazon_rgb48
 #
-# config keys (optional): real_chips (default ../shared/data/real-chips/dev.npz), real_chips_seed (42).
+# Input: ../shared/data/real-chips/dev.npz beside the project root (see its README); not shipped.
+
+import os
 
 REAL_RESULTS = globals().get("R", "results")
-REAL_CHIPS = config.get("real_chips", "../shared/data/real-chips/dev.npz")
+REAL_CHIPS = "../shared/data/real-chips/dev.npz"
 REAL_MODEL = f"{REAL_RESULTS}/models/amazon-rgb48"
+REAL_ENV = globals().get("ENV", "../envs/minescan.yaml")  # ENV comes from rules/common.smk when included
 
 
 rule train_amazon_rgb48:
-    """Discovery FCN ensemble on 48 x 48 RGB chips (B4,B3,B2): validate on 2024 galleries, refit on all."""
+    """Discovery FCN ensemble on 48 x 48 RGB chips (B4,B3,B2): temporal CV by gallery, then refit on all."""
     input:
         chips=REAL_CHIPS,
     output:
         model=f"{REAL_MODEL}/model.keras",
         card=f"{REAL_MODEL}/card.json",
+    conda:
+        REAL_ENV
     log:
         f"{REAL_RESULTS}/logs/train_amazon_rgb48.log",
     benchmark:
         f"{REAL_RESULTS}/benchmarks/train_amazon_rgb48.tsv"
     params:
-        out=REAL_MODEL,
-        seed=config.get("real_chips_seed", 42),
+        out=lambda w, output: os.path.dirname(output.model),
+        seed=42,
     threads: 2
     resources:
         mem_mb=6000,
@@ -35,7 +42,7 @@ rule train_amazon_rgb48:
 
 
 rule evaluate_amazon_rgb48:
-    """Score the chips with the trained model (metrics JSON on the last line of the log's stdout copy)."""
+    """Score dev chips with the trained model: per-chip CSV and metrics JSON (in-sample: a sanity check)."""
     input:
         chips=REAL_CHIPS,
         model=rules.train_amazon_rgb48.output.model,
@@ -43,12 +50,14 @@ rule evaluate_amazon_rgb48:
     output:
         scores=f"{REAL_MODEL}/dev_scores.csv",
         metrics=f"{REAL_MODEL}/dev_metrics.json",
+    conda:
+        REAL_ENV
     log:
         f"{REAL_RESULTS}/logs/evaluate_amazon_rgb48.log",
     benchmark:
         f"{REAL_RESULTS}/benchmarks/evaluate_amazon_rgb48.tsv"
     params:
-        model=REAL_MODEL,
+        model=lambda w, input: os.path.dirname(input.model),
     threads: 2
     resources:
         mem_mb=4000,

@@ -198,3 +198,20 @@ def test_error_from_a_real_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "'y'" in proc.stderr and str(path) in proc.stderr
+
+
+def test_single_pass_scoring_uses_the_cards_single_pass_threshold(tiny_model, labelled, capsys, tmp_path):
+    import shutil
+
+    d = tmp_path / "tiny2"
+    shutil.copytree(tiny_model, d)
+    card = json.loads((d / "card.json").read_text())
+    card["threshold_without_tta"] = 0.95
+    (d / "card.json").write_text(json.dumps(card))
+    a = run_json(capsys, "evaluate-chips", "--model", str(d), "--chips", str(labelled), "--json")
+    b = run_json(capsys, "evaluate-chips", "--model", str(d), "--chips", str(labelled), "--json", "--tta", "none")
+    c = run_json(capsys, "evaluate-chips", "--model", str(d), "--chips", str(labelled), "--json", "--tta", "none",
+                 "--threshold", "0.5")
+    assert a["threshold"] == THRESHOLD and b["threshold"] == 0.95 and c["threshold"] == 0.5
+    # 0.95 <=> red >= ln(19)/20/0.3*255 = 125.1: reds 160, 200, 230, 255, 180 flagged
+    assert b["n_flagged"] == 5 and c["n_flagged"] == 10

@@ -2,13 +2,14 @@
 
 Pipeline (one command, fixed seeds):
 
-1. **Validation run.** Split the chips by *gallery* (the clearer/cloudier twins of a gallery stay together):
-   by default a temporal hold-out, validating on galleries whose composite starts in 2024 and training on
-   2019/2023/undated ones, which mimics "apply the model to a later year". Train an ensemble of FCN branches,
-   score the validation chips (with D4 test-time augmentation when configured) and pick the decision
-   threshold there: the lowest cut-off whose validation specificity reaches ``spec_target``.
-2. **Refit.** Train the same configuration (same epochs, same seeds) on all chips and ship it with the
-   threshold from step 1 and the validation figures from step 1 in its card.
+1. **Temporal cross-validation.** Each fold holds out the galleries of one composite year (2024, 2023, 2019 by
+   default) and trains on the others plus the undated galleries, which mimics "apply the model to a later
+   year". The split is grouped by *gallery*: a gallery's clearer and cloudier twins share a year, so no
+   gallery and no twin is on both sides. Each fold trains the full configuration (all branches) and scores
+   its held-out chips (with D4 test-time augmentation when configured). The decision threshold is picked
+   on the pooled out-of-fold scores: the lowest cut-off whose specificity reaches ``spec_target``.
+2. **Refit.** Train the same configuration (same epochs, same seeds) on all chips and ship it with that
+   threshold and the out-of-fold figures in its card.
 
 Every branch is :func:`minescan.networks.build_discovery_fcn` (three MaxPool3 -> output stride 27, free input
 size), so the shipped ensemble, whose branches' softmax outputs are averaged inside one Keras model, still runs
@@ -29,7 +30,7 @@ import numpy as np
 from . import chip_scoring as cs
 from .chips import CHIP_BANDS, UINT8_REFLECTANCE_MAX, ChipSet, gallery_of, uint8_to_reflectance, valid_mask
 from .errors import InputDataError
-from .model_io import normalisation_stats, normalise, save_model
+from .model_io import normalisation_stats, save_model
 from .networks import DISCOVERY_CLASSES, STRIDE
 
 log = logging.getLogger("minescan.chip_training")
@@ -41,25 +42,28 @@ REFERENCE_FILE = "reference_scores.json"
 
 @dataclass
 class TrainConfig:
-    branches: list = field(default_factory=lambda: [[32, 64, 64, 64], [32, 64, 64, 64], [32, 64, 64, 64]])
+    # two published-width FCN branches (different initialisations), softmax averaged
+    branches: list = field(default_factory=lambda: [[32, 64, 64, 64], [32, 64, 64, 64]])
     dropout: float = 0.5
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     seed: int = 42
-    split: str = "temporal"           # "temporal" (hold out val_years) or "none" (fit only, no validation)
-    val_years: list = field(default_factory=lambda: ["2024"])
+    # temporal folds: each holds out the galleries whose composite starts in these years ([] = no validation)
+    folds: list = field(default_factory=lambda: [["2024"], ["2023"], ["2019"]])
     spec_target: float = 0.99
     tta: str = "d4"
     refit: bool = True
-    # augmentation, in reflectance (see augment())
-    aug_gain: float = 0.25            # per-chip brightness factor exp(U(-a, a))
-    aug_band_gain: float = 0.06       # per-band colour factor exp(U(-a, a))
-    aug_offset: float = 0.008         # per-chip additive haze/offset U(-a, a) reflectance
-    aug_gamma: float = 0.15           # per-chip contrast curve r -> 0.3 * (r/0.3) ** exp(U(-a, a))
+    # augmentation, in reflectance (see radiometric_luts())
+    aug_gain: float = 0.4             # per-chip brightness factor exp(U(-a, a))
+    aug_band_gain: float = 0.1        # per-band colour factor exp(U(-a, a))
+    aug_offset: float = 0.015         # per-chip additive offset U(-a, a) reflectance
+    aug_gamma: float = 0.3            # per-chip contrast curve r -> 0.3 * (r/0.3) ** exp(U(-a, a))
     aug_noise: float = 0.002          # gaussian noise sd, reflectance
+    aug_haze: float = 0.0             # max blend towards a bright haze colour (0 = off) ...
+    aug_haze_p: float = 0.25          # ... applied to this share of chips, whatever their label
     threads: int = 2
 
     @classmethod
@@ -110,25 +114,54 @@ def d4_random(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def augment(refl: np.ndarray, valid: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Radiometric jitter of reflectance chips (N, H, W, 3), then clip to [0, 0.3] as the previews are.
+def radiometric_luts(n: int, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Per-chip, per-band lookup tables uint8 value -> jittered reflectance, shape (n, 3, 256), float32.
 
     Brightness, colour balance, haze offset and contrast change between years, sensors (S2A/B/C) and
-    composites, so the network should not lean on absolute level. No-data pixels stay 0.
+    composites, so the network should not lean on absolute level. Every such change is a function of the
+    pixel value alone, so it is applied as a table (fast). Output is clipped to [0, 0.3] as the previews are.
     """
-    n = len(refl)
-    cmax = np.float32(UINT8_REFLECTANCE_MAX)
-    gain = np.exp(rng.uniform(-cfg.aug_gain, cfg.aug_gain, (n, 1, 1, 1)))
-    band = np.exp(rng.uniform(-cfg.aug_band_gain, cfg.aug_band_gain, (n, 1, 1, 3)))
-    gamma = np.exp(rng.uniform(-cfg.aug_gamma, cfg.aug_gamma, (n, 1, 1, 1)))
-    offset = rng.uniform(-cfg.aug_offset, cfg.aug_offset, (n, 1, 1, 1))
-    r = np.clip(refl, 0, cmax) / cmax
-    r = (r ** gamma.astype(np.float32)) * cmax
-    r = r * (gain * band).astype(np.float32) + offset.astype(np.float32)
+    cmax = UINT8_REFLECTANCE_MAX
+    v = (np.arange(256, dtype=np.float64) / 255.0)[None, None, :]  # (1, 1, 256) in [0, 1] (x 0.3 = reflectance)
+    gain = np.exp(rng.uniform(-cfg.aug_gain, cfg.aug_gain, (n, 1, 1)))
+    band = np.exp(rng.uniform(-cfg.aug_band_gain, cfg.aug_band_gain, (n, 3, 1)))
+    gamma = np.exp(rng.uniform(-cfg.aug_gamma, cfg.aug_gamma, (n, 1, 1)))
+    offset = rng.uniform(-cfg.aug_offset, cfg.aug_offset, (n, 1, 1))
+    r = (v ** gamma) * cmax * gain * band + offset
+    if cfg.aug_haze:
+        # thin cloud / haze: every cloudier composite chip is a negative, so haze must not mean "no mine"
+        alpha = rng.uniform(0, cfg.aug_haze, (n, 1, 1)) * (rng.random((n, 1, 1)) < cfg.aug_haze_p)
+        haze = rng.uniform(0.15, 0.3, (n, 1, 1)) * np.exp(rng.uniform(-0.05, 0.05, (n, 3, 1)))
+        r = r * (1 - alpha) + alpha * haze
+    return np.clip(r, 0, cmax).astype(np.float32)
+
+
+def augment_batch(x: np.ndarray, norm: dict, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """uint8 chips (N, H, W, 3) -> augmented, normalised network input (float32).
+
+    A random D4 transform per chip, radiometric jitter (:func:`radiometric_luts`), gaussian noise, then the
+    model's normalisation; no-data pixels (0 in every band) stay at 0 after normalisation, as in the scan.
+    """
+    x = d4_random(x, rng)
+    n = len(x)
+    lut = radiometric_luts(n, cfg, rng)
+    mean = np.asarray(norm["mean"], dtype=np.float32)[None, :, None]
+    std = np.asarray(norm["std"], dtype=np.float32)[None, :, None]
+    zlut = (lut - mean) / std  # clip_max 0.3 is already applied by the table
+    z = np.empty(x.shape, dtype=np.float32)
+    for i in range(n):  # a per-chip table lookup; faster than one fancy-indexing gather over the batch
+        for b in range(3):
+            z[i, :, :, b] = zlut[i, b][x[i, :, :, b]]
     if cfg.aug_noise:
-        r = r + rng.normal(0, cfg.aug_noise, r.shape).astype(np.float32)
-    r = np.clip(r, 0, cmax)
-    return (r * valid[..., None]).astype(np.float32)
+        bank = _noise_bank(x.shape[1:], rng)
+        z += bank[rng.integers(0, len(bank), n)] * (np.float32(cfg.aug_noise) / std[0, :, 0])
+    z *= valid_mask(x)[..., None]
+    return z
+
+
+def _noise_bank(shape: tuple, rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """Standard-normal noise chips, drawn once per epoch and shared (drawing N x 48 x 48 x 3 is slow)."""
+    return rng.standard_normal((size, *shape), dtype=np.float32)
 
 
 # --- networks ---------------------------------------------------------------------------------------------------
@@ -163,66 +196,53 @@ def build_ensemble(branches: list, name: str = "amazon_rgb48"):
     return keras.Model(inputs, keras.layers.Average(name="ensemble_mean")(outs), name=name)
 
 
-def train_branch(widths, z_source: tuple, y: np.ndarray, cfg: TrainConfig, seed: int, name: str):
-    """Train one FCN branch on (reflectance, valid) chips with fresh augmentation every epoch."""
+def train_branches(x: np.ndarray, y: np.ndarray, norm: dict, cfg: TrainConfig, seed: int, tag: str) -> list:
+    """Train all FCN branches jointly (one loss each, same augmented batches, different initialisations).
+
+    Fresh augmentation every epoch; class-balanced sample weights; AdamW with cosine decay.
+    """
     from .networks import build_discovery_fcn
 
     keras = _keras()
     keras.utils.set_random_seed(seed)
-    refl, valid, norm = z_source
     rng = np.random.default_rng(seed)
-    net = build_discovery_fcn(len(CHIP_BANDS), WINDOW, tuple(int(w) for w in widths), cfg.dropout, name=name)
+    branches = [build_discovery_fcn(len(CHIP_BANDS), WINDOW, tuple(int(w) for w in widths), cfg.dropout,
+                                    name=f"fcn{i}_{'x'.join(str(w) for w in widths)}")
+                for i, widths in enumerate(cfg.branches)]
+    inputs = keras.Input(shape=(WINDOW, WINDOW, len(CHIP_BANDS)), name="bands")
+    joint = keras.Model(inputs, [b(inputs) for b in branches], name="joint")
     steps = int(np.ceil(len(y) / cfg.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps * cfg.epochs,
-                                                      warmup_target=None, alpha=0.02)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps * cfg.epochs, alpha=0.02)
     opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    net.compile(optimizer=opt, loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing))
-    # balanced class weights, as sample weights
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    joint.compile(optimizer=opt, loss=[loss] * len(branches))
     pos = y.mean()
     w = np.where(y == 1, 0.5 / pos, 0.5 / (1 - pos)).astype(np.float32)
     target = np.eye(2, dtype=np.float32)[y.astype(int)].reshape(-1, 1, 1, 2)
+    nb = len(branches)
     for epoch in range(cfg.epochs):
         t0 = time.time()
         order = rng.permutation(len(y))
-        # D4 must move pixels and their no-data mask together: stack them
-        stacked = np.concatenate([refl[order], valid[order][..., None].astype(np.float32)], axis=-1)
-        stacked = d4_random(stacked, rng)
-        xa = augment(stacked[..., :3], stacked[..., 3], cfg, rng)
-        za = normalise(xa, norm, stacked[..., 3])
-        hist = net.fit(za, target[order], sample_weight=w[order], batch_size=cfg.batch_size, epochs=epoch + 1,
-                       initial_epoch=epoch, verbose=0, shuffle=False)
-        log.info("%s epoch %d/%d loss %.4f (%.1fs)", name, epoch + 1, cfg.epochs, hist.history["loss"][-1],
-                 time.time() - t0)
-    return net
+        z = augment_batch(x[order], norm, cfg, rng)
+        t_aug = time.time() - t0
+        hist = joint.fit(z, [target[order]] * nb, sample_weight=[w[order]] * nb, batch_size=cfg.batch_size,
+                         epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False)
+        log.info("[%s] epoch %d/%d loss %.4f (%.1fs, augmentation %.1fs)", tag, epoch + 1, cfg.epochs,
+                 hist.history["loss"][-1] / nb, time.time() - t0, t_aug)
+    return branches
 
 
 def train_ensemble(chips: ChipSet, cfg: TrainConfig, tag: str):
-    """Train all branches on ``chips``; returns (keras model, normalisation)."""
+    """Train all branches on ``chips``; returns (keras model averaging them, normalisation)."""
     x = chips.x
-    valid = valid_mask(x)
-    refl = uint8_to_reflectance(x)
-    norm = normalisation_stats(refl, valid, clip_max=UINT8_REFLECTANCE_MAX)
-    branches = []
-    for i, widths in enumerate(cfg.branches):
-        t0 = time.time()
-        branches.append(train_branch(widths, (refl, valid, norm), chips.y, cfg, cfg.seed + 1000 * i,
-                                     name=f"fcn{i}_{'x'.join(str(w) for w in widths)}"))
-        log.info("[%s] branch %d %s trained in %.0fs", tag, i, widths, time.time() - t0)
+    norm = normalisation_stats(uint8_to_reflectance(x), valid_mask(x), clip_max=UINT8_REFLECTANCE_MAX)
+    t0 = time.time()
+    branches = train_branches(x, chips.y, norm, cfg, cfg.seed, tag)
+    log.info("[%s] %d branch(es) trained in %.0fs", tag, len(branches), time.time() - t0)
     return build_ensemble(branches), norm
 
 
 # --- the whole command ------------------------------------------------------------------------------------------
-
-def evaluate(network, norm: dict, chips: ChipSet, threshold: float | None, cfg: TrainConfig) -> tuple[dict, np.ndarray]:
-    z = cs.prepare_chips(chips.x, norm)
-    p = cs.predict_probabilities(network, z, tta=cfg.tta, positive=1)
-    if threshold is None:
-        threshold = cs.threshold_at_specificity(chips.y, p, cfg.spec_target)
-    m = cs.binary_metrics(chips.y, p, threshold)
-    if chips.source is not None:
-        m["per_source"] = cs.per_source_rates(chips.y, p, threshold, chips.source)
-    return m, p
-
 
 def reference_indices(n: int, seed: int = 7) -> list[int]:
     rng = np.random.default_rng(seed)
@@ -230,7 +250,7 @@ def reference_indices(n: int, seed: int = 7) -> list[int]:
 
 
 def run(chips: ChipSet, out_dir: str | Path, cfg: TrainConfig, chips_arg: str | None = None) -> dict:
-    """Validation run + refit; writes the model directory and returns the card."""
+    """Temporal cross-validation (one run per held-out year) + refit; writes the model directory, returns the card."""
     if chips.y is None:
         raise InputDataError(f"{chips.path}: array 'y' (labels) is needed for training")
     if len(np.unique(chips.y)) < 2:
@@ -240,44 +260,18 @@ def run(chips: ChipSet, out_dir: str | Path, cfg: TrainConfig, chips_arg: str | 
     t_start = time.time()
     metrics: dict = {}
     threshold = 0.5
-    validation_note = "no validation run (split 'none'); threshold 0.5"
-    if cfg.split == "temporal":
-        tr, va = temporal_split(chips, cfg.val_years)
-        train_set, val_set = chips.subset(tr), chips.subset(va)
-        if len(np.unique(val_set.y)) < 2 or len(np.unique(train_set.y)) < 2:
-            raise InputDataError(f"{chips.path}: the temporal split needs both classes on each side")
-        log.info("validation run: %d training chips, %d validation chips (%s)", len(tr), len(va), cfg.val_years)
-        t0 = time.time()
-        net_v, norm_v = train_ensemble(train_set, cfg, "validation")
-        train_seconds = time.time() - t0
-        metrics, _ = evaluate(net_v, norm_v, val_set, None, cfg)
-        threshold = metrics["threshold"]
-        if cfg.tta != "none":  # the same figures without TTA, for the scan (which applies the FCN once)
-            plain = cs.binary_metrics(val_set.y, cs.predict_probabilities(net_v, cs.prepare_chips(val_set.x, norm_v)),
-                                      threshold)
-            metrics["without_tta"] = {k: plain[k] for k in ("auc", "sensitivity", "specificity", "precision",
-                                                             "f1", "sensitivity_at_specificity_0.99",
-                                                             "threshold_at_specificity_0.99")}
-        metrics["split"] = {
-            "kind": "temporal hold-out grouped by gallery",
-            "validation_years": list(cfg.val_years),
-            "n_train": int(len(tr)), "n_validation": int(len(va)),
-            "train_galleries": sorted(set(galleries(train_set))),
-            "validation_galleries": sorted(set(galleries(val_set))),
-        }
-        metrics["threshold_rule"] = f"lowest cut-off with validation specificity >= {cfg.spec_target}"
-        metrics["validation_train_seconds"] = round(train_seconds, 1)
-        validation_note = (f"threshold and metrics from the validation run (trained without the "
-                           f"{'/'.join(cfg.val_years)} galleries)")
-        log.info("validation: auc %.4f sens %.4f spec %.4f sens@spec0.99 %.4f threshold %.4f",
-                 metrics["auc"], metrics["sensitivity"], metrics["specificity"],
-                 metrics["sensitivity_at_specificity_0.99"], threshold)
-        if not cfg.refit:
-            network, norm, fit_set = net_v, norm_v, train_set
-    if cfg.split != "temporal" or cfg.refit:
+    validation_note = "no validation run (no folds); threshold 0.5"
+    last = None
+    if cfg.folds:
+        metrics, threshold, last = cross_validate(chips, cfg)
+        validation_note = ("threshold chosen on, and metrics measured on, the pooled out-of-fold scores of the "
+                           "temporal folds (each chip scored by a model trained without its year's galleries)")
+    if cfg.refit or last is None:
         log.info("refit on all %d chips", len(chips))
         network, norm = train_ensemble(chips, cfg, "refit")
         fit_set = chips
+    else:
+        network, norm, fit_set = last
     elapsed = time.time() - t_start
 
     ref_idx = reference_indices(len(chips))
@@ -297,6 +291,8 @@ def run(chips: ChipSet, out_dir: str | Path, cfg: TrainConfig, chips_arg: str | 
         "threshold": round(float(threshold), 6),
         "threshold_applies_to": f"chip score with tta={cfg.tta}",
         "tta": cfg.tta,
+        # for one FCN pass per cell (the scan): the same rule on out-of-fold scores without TTA
+        "threshold_without_tta": round(float(metrics.get("without_tta", {}).get("threshold", threshold)), 6),
         "normalisation": norm,
         "input_scaling": "reflectance = uint8 / 255 * 0.3 for the RGB previews; DN * 1e-4 for L1C tiles",
         "metrics": cs.json_safe(metrics),
@@ -309,7 +305,7 @@ def run(chips: ChipSet, out_dir: str | Path, cfg: TrainConfig, chips_arg: str | 
             "n_positive": int(fit_set.y.sum()),
             "n_negative": int(len(fit_set) - fit_set.y.sum()),
             "licence": "CC BY 4.0 (data); cite Earth Genome, repository earthrise-media/mining-detector",
-            "refit_on_all": bool(cfg.split != "temporal" or cfg.refit),
+            "refit_on_all": bool(fit_set is chips),
         },
         "training": {**asdict(cfg), "wall_seconds": round(elapsed, 1)},
         "reference_scores": {"indices": ref_idx, "scores": [round(float(s), 7) for s in ref_scores],
@@ -318,3 +314,61 @@ def run(chips: ChipSet, out_dir: str | Path, cfg: TrainConfig, chips_arg: str | 
     save_model(out_dir, network, cs.json_safe(card))
     log.info("wrote %s in %.0fs total", out_dir, time.time() - t_start)
     return card
+
+
+SUMMARY_KEYS = ("auc", "sensitivity", "specificity", "precision", "f1", "sensitivity_at_specificity_0.99",
+                "threshold_at_specificity_0.99", "n", "n_positive", "n_negative")
+
+
+def cross_validate(chips: ChipSet, cfg: TrainConfig):
+    """One training per fold (held-out years); pooled out-of-fold scores set the threshold and the metrics."""
+    oof = np.full(len(chips), np.nan)
+    oof_plain = np.full(len(chips), np.nan)
+    folds = []
+    last = None
+    for years in cfg.folds:
+        tr, va = temporal_split(chips, years)
+        train_set, val_set = chips.subset(tr), chips.subset(va)
+        if len(np.unique(val_set.y)) < 2 or len(np.unique(train_set.y)) < 2:
+            raise InputDataError(f"{chips.path}: holding out {years} leaves one class only on a side")
+        log.info("fold %s: %d training chips, %d validation chips", years, len(tr), len(va))
+        t0 = time.time()
+        net, norm = train_ensemble(train_set, cfg, f"fold {'/'.join(years)}")
+        seconds = time.time() - t0
+        z = cs.prepare_chips(val_set.x, norm)
+        oof[va] = cs.predict_probabilities(net, z, tta=cfg.tta)
+        oof_plain[va] = oof[va] if cfg.tta == "none" else cs.predict_probabilities(net, z, tta="none")
+        folds.append({"validation_years": list(years), "index": va, "n_train": int(len(tr)),
+                      "train_galleries": sorted(set(galleries(train_set))),
+                      "validation_galleries": sorted(set(galleries(val_set))), "train_seconds": round(seconds, 1)})
+        last = (net, norm, train_set)
+    held = np.flatnonzero(~np.isnan(oof))
+    y, p = chips.y[held], oof[held]
+    threshold = cs.threshold_at_specificity(y, p, cfg.spec_target)
+    metrics = cs.binary_metrics(y, p, threshold)
+    metrics["per_source"] = cs.per_source_rates(y, p, threshold, chips.source[held])
+    if cfg.tta != "none":  # the scan applies the FCN once per cell: the same figures without TTA
+        pp = oof_plain[held]
+        plain = cs.binary_metrics(y, pp, cs.threshold_at_specificity(y, pp, cfg.spec_target))
+        metrics["without_tta"] = {k: plain[k] for k in SUMMARY_KEYS + ("threshold",)}
+    per_fold = []
+    for f in folds:
+        va = f.pop("index")
+        fm = cs.binary_metrics(chips.y[va], oof[va], threshold)
+        f.update({k: fm[k] for k in SUMMARY_KEYS})
+        per_fold.append(f)
+        log.info("fold %s: auc %.4f sens %.4f spec %.4f (pooled threshold) sens@spec0.99 %.4f",
+                 f["validation_years"], fm["auc"], fm["sensitivity"], fm["specificity"],
+                 fm["sensitivity_at_specificity_0.99"])
+    metrics["folds"] = per_fold
+    metrics["split"] = {
+        "kind": "temporal cross-validation grouped by gallery: each fold holds out the galleries of one "
+                "composite year; undated galleries always train",
+        "folds": [list(y) for y in cfg.folds],
+        "n_validation": int(len(held)),
+    }
+    metrics["threshold_rule"] = f"lowest cut-off with pooled out-of-fold specificity >= {cfg.spec_target}"
+    log.info("pooled out-of-fold: auc %.4f sens %.4f spec %.4f sens@spec0.99 %.4f threshold %.4f",
+             metrics["auc"], metrics["sensitivity"], metrics["specificity"],
+             metrics["sensitivity_at_specificity_0.99"], threshold)
+    return metrics, threshold, last

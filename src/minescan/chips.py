@@ -60,7 +60,10 @@ def uint8_to_reflectance(x: np.ndarray) -> np.ndarray:
 
 def valid_mask(x: np.ndarray) -> np.ndarray:
     """True where a pixel has data, i.e. is not 0 in every band (shape of ``x`` without the last axis)."""
-    return np.any(np.asarray(x) != 0, axis=-1)
+    x = np.asarray(x)
+    if x.dtype == np.uint8 or np.issubdtype(x.dtype, np.unsignedinteger):
+        return np.bitwise_or.reduce(x, axis=-1) != 0  # much faster than any() over the last axis
+    return np.any(x != 0, axis=-1)
 
 
 def gallery_of(source: str) -> str:

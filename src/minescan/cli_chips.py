@@ -31,19 +31,21 @@ def register(subparsers) -> None:
     ev.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
     ev.add_argument("--tta", choices=("card", "none", "d4"), default="card",
                     help="test-time augmentation: as the model card says (default), none, or d4 (8 flips/rotations)")
-    ev.add_argument("--threshold", type=float, help="override the model card's threshold")
+    ev.add_argument("--threshold", type=float,
+                    help="override the model card's threshold (default: the card's threshold for the TTA mode used)")
     ev.set_defaults(func=evaluate_chips_command)
 
     tr = subparsers.add_parser(
         "train-chips", help="train the discovery FCN ensemble on real RGB chips and write a model directory",
-        description="Validation run on a temporal hold-out grouped by gallery (threshold chosen there), then a "
-                    "refit on all chips; writes model.keras + card.json (+ reference scores) to --out.")
+        description="Temporal cross-validation grouped by gallery (each fold holds out one composite year; the "
+                    "threshold is chosen on the pooled out-of-fold scores), then a refit on all chips; writes "
+                    "model.keras + card.json (with validation figures and reference scores) to --out.")
     tr.add_argument("--chips", required=True, help="labelled chip .npz (x, y, source, period)")
     tr.add_argument("--out", required=True, help="output model directory")
     tr.add_argument("--seed", type=int, help="random seed (default from the config: 42)")
     tr.add_argument("--epochs", type=int, help="epochs per branch (default from the config)")
     tr.add_argument("--config", help="JSON object overriding training settings (see chip_training.TrainConfig)")
-    tr.add_argument("--no-refit", action="store_true", help="ship the validation-run model instead of refitting")
+    tr.add_argument("--no-refit", action="store_true", help="ship the last fold's model instead of refitting on all chips")
     tr.add_argument("--threads", type=int, help="CPU threads for TensorFlow (default 2)")
     tr.set_defaults(func=train_chips_command)
 
@@ -63,7 +65,12 @@ def evaluate_chips_command(args) -> int:
         raise InputDataError(f"{args.chips}: array 'x' holds {chips.x.shape[1]} px chips but model "
                              f"{args.model} expects {model.window} px")
     tta = _tta_for(args, model.card)
-    threshold = model.threshold if args.threshold is None else float(args.threshold)
+    if args.threshold is not None:
+        threshold = float(args.threshold)
+    elif tta == "none" and model.card.get("tta", "none") != "none" and "threshold_without_tta" in model.card:
+        threshold = float(model.card["threshold_without_tta"])  # chosen for single-pass scores
+    else:
+        threshold = model.threshold
     t0 = time.perf_counter()
     scores = cs.score_chips(model, chips.x, tta=tta)
     seconds = time.perf_counter() - t0

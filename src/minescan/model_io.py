@@ -8,7 +8,8 @@ card.json keys (all written by :func:`save_model`):
 - ``bands``: band names in the order the network expects (matched by name against tile band descriptions)
 - ``window``: training chip size in px; ``stride``: px between output cells (discovery only)
 - ``classes``: output classes in order; ``positive_class`` (discovery)
-- ``threshold``: probability cut-off for a detection (discovery)
+- ``threshold``: probability cut-off for a detection (discovery); with ``tta`` set, it applies to
+  test-time-augmented chip scores and ``threshold_without_tta`` is the one the scan uses
 - ``normalisation``: ``{"clip_max": float|null, "mean": [...], "std": [...]}`` applied to *reflectance*
   (tile value x reflectance scale): ``z = (min(r, clip_max) - mean) / std``; nodata pixels become 0
 - ``metrics``: cross-validation / validation figures; ``training_data``: provenance
@@ -49,6 +50,10 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
+        """The cut-off for one network pass per cell, as the scan makes. A card whose ``threshold`` was
+        chosen on test-time-augmented chip scores (``tta``) also records ``threshold_without_tta``."""
+        if self.card.get("tta") and "threshold_without_tta" in self.card:
+            return float(self.card["threshold_without_tta"])
         return float(self.card.get("threshold", 0.6))
 
     @property
