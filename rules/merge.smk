@@ -31,6 +31,12 @@ rule merge:
         connectivity=config["merge"]["connectivity"],
         truth=lambda wc, input: f"--truth {input.truth}" if input.truth else "",
         layer=f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else "",
+        prior=(
+            f"--isolated-threshold {config['merge']['isolated_threshold']} "
+            f"--isolation-k {config['merge']['isolation_k']} --isolation-km {config['merge']['isolation_km']}"
+            if config["merge"]["isolated_threshold"] is not None
+            else ""
+        ),
     resources:
         mem_mb=4000,
         runtime=30,
@@ -38,5 +44,5 @@ rule merge:
         "minescan merge --classified {input.classified} --outdir {params.outdir} --region {input.region} "
         "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
         "--discovery-model {params.discovery} --impact-model {params.impact} {params.threshold} "
-        "{params.drop} --connectivity {params.connectivity} {params.truth} "
+        "{params.drop} --connectivity {params.connectivity} {params.truth} {params.prior} "
         "--resolution-m {params.resolution} 2> {log}"

@@ -1,8 +1,9 @@
 """Merge the per-quadrant results of one scan into its national layers.
 
-Outputs in ``results/{region}/{period}/``: detections.csv, detections.kml, rejected.csv (the 'no ore'
-candidates with their scores), sites.gpkg (adjacent detected cells dissolved into site polygons) and
-summary.json. Every output is sorted and formatted deterministically: same inputs, same bytes.
+Outputs in ``results/{region}/{period}/``: detections.csv, detections.kml, rejected.csv (the candidates
+dropped, with their scores and the reason: 'no_ore' from the impact CNN, 'isolated' from the optional
+spatial prior, see spatial_prior.py), sites.gpkg (adjacent detected cells dissolved into site polygons)
+and summary.json. Every output is sorted and formatted deterministically: same inputs, same bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shapely.ops import unary_union
 
 from .grid import cell_polygon, utm_epsg
 from .io_utils import atomic_output, atomic_write_text
+from .spatial_prior import SpatialPrior, isolated_removals
 from .vector_io import read_vector, write_vector
 
 log = logging.getLogger(__name__)
@@ -161,24 +163,33 @@ def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonl
 
 def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period: str, region_lonlat,
                tiles: list[str], quadrants: list[str], models: dict, thresholds: dict, resolution_m: float,
-               drop_no_ore: bool = True, connectivity: int = 8, truth_path=None) -> dict:
+               drop_no_ore: bool = True, connectivity: int = 8, truth_path=None,
+               prior: SpatialPrior | None = None) -> dict:
     outdir = Path(outdir)
+    prior = prior or SpatialPrior()
     df = read_classified(classified)
-    rejected_mask = (df["impact"] == "no_ore") if drop_no_ore else pd.Series(False, index=df.index)
+    isolated = isolated_removals(df, prior)  # judged among all candidates, before the impact CNN's verdict
+    no_ore = (df["impact"] == "no_ore") if drop_no_ore else pd.Series(False, index=df.index)
+    rejected_mask = isolated | no_ore
     det = df[~rejected_mask].copy()
     rej = df[rejected_mask].copy()
+    rej["reason"] = np.where(isolated[rejected_mask], "isolated", "no_ore")
     det["site_id"] = label_sites(det, connectivity) if len(det) else pd.Series(dtype=object)
     det = det[DETECTION_COLUMNS]
     sites = build_sites(det, resolution_m)
     write_csv(det, outdir / "detections.csv")
-    write_csv(rej[[c for c in DETECTION_COLUMNS if c != "site_id"]], outdir / "rejected.csv")
+    write_csv(rej[[c for c in DETECTION_COLUMNS if c != "site_id"] + ["reason"]], outdir / "rejected.csv")
     write_kml(det, outdir / "detections.kml", f"minescan detections {region_name} {period}")
     write_vector(sites, outdir / "sites.gpkg", layer="sites")
     summary = {
         "region": region_name, "period": period,
         "area_scanned_km2": round(geodesic_area_km2(region_lonlat), 3),
         "tiles": len(tiles), "quadrants": len(quadrants), "tile_ids": sorted(tiles),
-        "candidates": len(df), "detections": len(det), "rejected_no_ore": len(rej),
+        "candidates": len(df), "detections": len(det), "rejected_no_ore": int((~isolated & no_ore).sum()),
+        "spatial_prior": {**prior.as_dict(), "candidates_removed": int(isolated.sum()),
+                          "detections_removed": int((isolated & ~no_ore).sum()),
+                          "removed_by_impact": {k: int(v) for k, v in
+                                                sorted(Counter(df.loc[isolated, "impact"]).items())}},
         "detections_by_impact": {k: int(v) for k, v in sorted(Counter(det["impact"]).items())},
         "sites": len(sites),
         "sites_by_impact": {k: int(v) for k, v in sorted(Counter(sites["impact"]).items())},
@@ -188,6 +199,6 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
     if truth_path:
         summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    log.info("merged %d quadrants: %d detections in %d sites, %d rejected as no ore", len(classified),
-             len(det), len(sites), len(rej))
+    log.info("merged %d quadrants: %d detections in %d sites, %d rejected as no ore, %d removed as isolated",
+             len(classified), len(det), len(sites), summary["rejected_no_ore"], int(isolated.sum()))
     return summary
