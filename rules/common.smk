@@ -1,7 +1,7 @@
 # Shared values and input functions for the rules. Nothing here does work: it only names paths and the
 # CLI arguments derived from the validated config.
 from minescan.grid import QUADRANTS
-from minescan.tiles import expand_sources
+from minescan.tiles import expand_sources, sources_for_tile
 
 
 wildcard_constraints:
@@ -43,10 +43,13 @@ def truth_file(wildcards):
 
 
 def local_sources(wildcards):
-    return [str(p) for p in expand_sources(config["source"]["local"]["paths"], wildcards.period)]
+    """The period's local GeoTIFFs (source.local.paths) whose footprint meets this tile (core + halo)."""
+    every = [str(p) for p in expand_sources(config["source"]["local"]["paths"], wildcards.period)]
+    return sources_for_tile(PLAN.tile(wildcards.tile), every)
 
 
 def tile_sources(wildcards):
+    """Imagery a tile is cut from: only what can reach it, so new imagery elsewhere re-runs nothing here."""
     if config["source"]["kind"] == "demo":
         return [f"{R}/{wildcards.region}/{wildcards.period}/source/demo_scene.tif"]
     return local_sources(wildcards)

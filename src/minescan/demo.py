@@ -188,9 +188,98 @@ def _river_bank(p: _Painter, rng, river: LineString):
     return bar.difference(river.buffer(55))
 
 
+# ---- periods: the demo world evolves quarter by quarter -------------------------------------------------
+DEMO_FIRST_PERIOD = "2026Q1"  # the scene as drawn from the seed; earlier periods look the same
+MINE_COVER = {"open_pit_tailings": "pit_rock", "sand_pit": "sand", "gravel_pit": "gravel", "clay_pit": "clay"}
+
+
+def demo_steps(period: str | None) -> int:
+    """Quarters from DEMO_FIRST_PERIOD to the end of ``period`` (a year counts to its 4th quarter); 0 for
+    that period, any earlier one, or none."""
+    import re
+
+    m = re.match(r"^(\d{4})(?:Q([1-4]))?$", period or "")
+    if not m:
+        return 0
+    f = re.match(r"^(\d{4})Q([1-4])$", DEMO_FIRST_PERIOD)
+    index = int(m.group(1)) * 4 + int(m.group(2) or 4) - 1
+    return max(0, index - (int(f.group(1)) * 4 + int(f.group(2)) - 1))
+
+
+def _step_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, 0x5EA50, step]))
+
+
+def _grow_site(p: _Painter, rng, row: dict, others, river: LineString) -> bool:
+    """Extend a mine by a new pit beside it (same cover), away from other sites and the river."""
+    geom = row["geometry"]
+    c = geom.centroid
+    r_eq = math.sqrt(geom.area / math.pi)
+    for _ in range(8):
+        ang = rng.uniform(0, 2 * np.pi)
+        ex, ey = c.x + 0.9 * r_eq * math.cos(ang), c.y + 0.9 * r_eq * math.sin(ang)
+        ext = _blob(rng, ex, ey, r_eq * rng.uniform(0.55, 0.8), irregular=0.25)
+        if ext.distance(river) < 400 or (not others.is_empty and ext.distance(others) < 400):
+            continue
+        p.paint(ext.buffer(40), "soil", alpha=0.8, soft=1.0)
+        p.paint(ext, MINE_COVER[row["kind"]])
+        if row["kind"] == "open_pit_tailings":
+            p.paint(ext.buffer(-0.35 * r_eq), "pit_dark")
+        row["geometry"] = unary_union([geom, ext.buffer(40)])
+        return True
+    return False
+
+
+def evolve_sites(p: _Painter, rows: list[dict], placed: list[Point], river: LineString, bounds, seed: int,
+                 steps: int) -> list[dict]:
+    """Paint ``steps`` quarters of change into the scene and return the sites of the last one.
+
+    Each quarter (its own random stream from seed and quarter number, so quarter k always holds the events
+    of quarters 1..k): about 6 % of the mines (at least one) open at free places, 10 % grow by a new pit
+    beside the old one, and 5 % are abandoned and grow back to forest. Confusers never change.
+    """
+    x0, y0, x1, y1 = bounds
+    rows = [dict(r) for r in rows]
+    for step in range(1, steps + 1):
+        rng = _step_rng(seed, step)
+        mines = sorted((r for r in rows if r["class"] == "mine"), key=lambda r: r["site"])
+        n = len(mines)
+        n_remove = max(1, round(0.05 * n)) if n >= 4 else 0
+        n_grow = max(1, round(0.10 * n)) if n >= 2 else 0
+        n_add = max(1, round(0.06 * n))
+        order = rng.permutation(n)
+        removed = [mines[i] for i in order[:n_remove]]
+        grown = [mines[i] for i in order[n_remove:n_remove + n_grow]]
+        for r in removed:
+            p.paint(r["geometry"].buffer(60), "forest", soft=1.5)
+            rows.remove(r)
+        for r in grown:
+            others = unary_union([o["geometry"] for o in rows if o is not r])
+            _grow_site(p, rng, r, others, river)
+        added, attempts = 0, 0
+        while added < n_add and attempts < 200:
+            attempts += 1
+            kind = ("open_pit_tailings", "sand_pit", "gravel_pit", "clay_pit")[rng.choice(4, p=[0.4, 0.2, 0.2, 0.2])]
+            cx, cy = rng.uniform(x0 + 1500, x1 - 1500), rng.uniform(y0 + 1500, y1 - 1500)
+            centre = Point(cx, cy)
+            if any(centre.distance(q) < 2500 for q in placed) or centre.distance(river) < 1200:
+                continue
+            geom = _open_pit_tailings(p, rng, cx, cy) if kind == "open_pit_tailings" else _small_pit(p, rng, cx, cy, kind)
+            placed.append(centre)
+            rows.append({"site": f"demo-q{step:02d}-{added}", "class": "mine", "kind": kind,
+                         "impact": MINE_KINDS[kind], "geometry": geom})
+            added += 1
+    return rows
+
+
 def simulate_scene(bounds: tuple[float, float, float, float], epsg: int, resolution_m: float, seed: int,
                    sites_per_km2: float, period: str = "") -> Scene:
-    """Paint a scene over UTM ``bounds`` (multiples of the resolution)."""
+    """Paint a scene over UTM ``bounds`` (multiples of the resolution) as it looks in ``period``.
+
+    The scene of DEMO_FIRST_PERIOD (and of any earlier or empty period) depends on the seed only; each
+    later quarter adds its mine openings, extensions and closures (:func:`evolve_sites`), deterministically
+    from seed and period. Clouds, noise and the no-data gap are the same in every period.
+    """
     x0, y0, x1, y1 = bounds
     width = int(round((x1 - x0) / resolution_m))
     height = int(round((y1 - y0) / resolution_m))
@@ -250,6 +339,10 @@ def simulate_scene(bounds: tuple[float, float, float, float], epsg: int, resolut
         is_mine = kind in MINE_KINDS
         rows.append({"site": f"demo-{len(rows):03d}", "class": "mine" if is_mine else "confuser", "kind": kind,
                      "impact": MINE_KINDS.get(kind, "no_ore"), "geometry": geom})
+
+    # Later periods: mines opened, grown and abandoned since DEMO_FIRST_PERIOD (own random streams, so the
+    # first period's scene is exactly the one drawn above).
+    rows = evolve_sites(p, rows, placed, river, bounds, seed, demo_steps(period))
 
     # Atmosphere: a few soft clouds, sensor noise, and one cloud-masked no-data gap.
     for _ in range(max(1, int(area_km2 / 80))):

@@ -9,6 +9,7 @@ tile that a rerun would take as done.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,66 @@ def expand_sources(paths: list[str], period: str | None = None) -> list[Path]:
     if not out:
         raise InputDataError(f"no GeoTIFF found in {', '.join(paths)} (key 'source.local.paths')")
     return out
+
+
+@lru_cache(maxsize=4096)
+def _source_footprint(path: str, mtime_ns: int, size: int):
+    """(CRS, bounds) of a GeoTIFF from its header, or None when it cannot be read or has no CRS.
+
+    Cached by path, mtime and size, so a DAG of many tiles reads each header once.
+    """
+    try:
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                return None
+            return ds.crs, tuple(ds.bounds)
+    except RasterioError:
+        return None
+
+
+def sources_for_tile(tile: Tile, sources: list[str | Path]) -> list[str]:
+    """The sources whose footprint meets the tile's GeoTIFF area (core + halo), in the given order.
+
+    A tile then depends only on the imagery that can reach it: adding, replacing or touching a GeoTIFF
+    elsewhere re-runs nothing of this tile. The test is on bounding boxes (the tile's area warped into
+    each source's CRS with densified edges, against the source's bounds), so it may keep a source that
+    only nearly reaches the tile, never drop one that does: a source whose header cannot be read, that has
+    no CRS or into whose CRS the tile cannot be projected is kept (the tile job then names it if it is
+    bad). If no source meets the tile, all are returned, so the tile job fails with its "no source covers
+    it" message instead of the DAG silently losing the tile.
+    """
+    from rasterio.warp import transform_bounds
+
+    p0, q0 = tile.origin_px
+    r = tile.grid.resolution_m
+    tx0, ty1 = p0 * r, -q0 * r
+    tx1, ty0 = tx0 + tile.size_px * r, ty1 - tile.size_px * r
+    keep: list[str] = []
+    for src in sources:
+        path = Path(src)
+        try:
+            st = path.stat()
+        except OSError:
+            keep.append(str(src))
+            continue
+        fp = _source_footprint(str(path), st.st_mtime_ns, st.st_size)
+        if fp is None:
+            keep.append(str(src))
+            continue
+        crs, (sx0, sy0, sx1, sy1) = fp
+        try:
+            x0, y0, x1, y1 = transform_bounds(tile.crs, crs, tx0, ty0, tx1, ty1, densify_pts=21)
+        except Exception:  # noqa: BLE001 - cannot tell: keep it
+            keep.append(str(src))
+            continue
+        if not all(np.isfinite([x0, y0, x1, y1])):
+            keep.append(str(src))
+            continue
+        # a tile across the antimeridian comes back as x0 > x1 in a geographic CRS: two x ranges
+        xs = [(x0, x1)] if x0 <= x1 else [(x0, 180.0), (-180.0, x1)]
+        if y0 < sy1 and y1 > sy0 and any(a < sx1 and b > sx0 for a, b in xs):
+            keep.append(str(src))
+    return keep or [str(s) for s in sources]
 
 
 def band_names_of(ds, path, configured: list[str] | None = None) -> list[str]:

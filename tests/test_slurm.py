@@ -1,0 +1,154 @@
+"""A small scan on a real SLURM cluster through `snakemake --profile profiles/slurm`, byte for byte equal
+to the same scan run locally.
+
+The cluster is the single-node one of scripts/slurm-local.sh (SLURM 22.05 from Debian, munge, no slurmdbd).
+`make test` starts it before pytest when run as root and stops it after; run alone as root, this module
+starts it (and stops it again) itself. Elsewhere (not root, no apt-get, or the cluster does not come up)
+the test is skipped saying why, except in CI as root (CI=true), where it must run and fails instead.
+
+Only three options are added on the command line, all for this cluster, not the workflow: poll with
+squeue (there is no accounting database) and poll every few seconds instead of every 40 s.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import yaml
+from conftest import (
+    ROOT,
+    SMALL_GRID,
+    bright_square_fcn,
+    constant_impact_cnn,
+    grid_tile,
+    save_test_model,
+    write_scene,
+)
+from shapely.geometry import box
+from test_incremental import run_snakemake, snapshot_workflow
+
+from minescan.grid import to_crs
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+SCRIPT = ROOT / "scripts" / "slurm-local.sh"
+TILES = [grid_tile(93, 1440)]  # one tile: 6 sbatch jobs (tile, 4 quadrant groups, merge)
+OUTPUTS = ("detections.csv", "detections.kml", "rejected.csv", "sites.gpkg", "summary.json")
+SLURM_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+              "--seconds-between-status-checks", "2")
+TIME_LIMIT_S = 1500  # the whole SLURM run; killed (with its jobs cancelled) beyond that
+
+
+def _script(cmd: str, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def _our_jobs() -> list[str]:
+    r = subprocess.run(["timeout", "-s", "KILL", "20", "squeue", "-h", "-t", "all", "-o", "%i %j %T"],
+                       capture_output=True, text=True)
+    return [line for line in r.stdout.splitlines() if " minescan_" in line]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    must_run = os.environ.get("CI", "").lower() in ("1", "true", "yes") and os.geteuid() == 0
+
+    def unavailable(why: str):
+        if must_run:
+            pytest.fail(f"local SLURM cluster unavailable in CI as root: {why}")
+        pytest.skip(f"local SLURM cluster unavailable: {why}")
+
+    if not SCRIPT.exists() or shutil.which("bash") is None:
+        unavailable(f"{SCRIPT} or bash missing")
+    started_here = False
+    if _script("status", timeout=60).returncode != 0:
+        if os.geteuid() != 0:
+            unavailable("it is not running and this is not root (as root: bash scripts/slurm-local.sh install "
+                        "&& bash scripts/slurm-local.sh start)")
+        if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+            unavailable("SLURM is not installed and there is no apt-get to install it")
+        for step in ("install", "start"):
+            t0 = time.monotonic()
+            r = _script(step)
+            print(f"slurm-local.sh {step}: exit {r.returncode} in {time.monotonic() - t0:.1f} s\n{r.stderr[-2000:]}")
+            if r.returncode != 0:
+                unavailable(f"`scripts/slurm-local.sh {step}` failed: {(r.stderr or r.stdout).strip()[-1500:]}")
+        started_here = True
+    yield
+    for line in _our_jobs():  # whatever a failed or killed run left queued
+        if line.split()[2] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            subprocess.run(["timeout", "-s", "KILL", "20", "scancel", line.split()[0]], capture_output=True)
+    if started_here:
+        _script("stop")
+
+
+def make_scan(d: Path, models: Path) -> Path:
+    squares = []
+    for t in TILES:
+        c0, r0, _, _ = t.core_px()
+        squares += [(c0 + 150, r0 + 150, c0 + 200, r0 + 200), (c0 + 450, r0 + 420, c0 + 500, r0 + 470)]
+    (d / "imagery").mkdir(parents=True)
+    write_scene(d / "imagery" / "composite_2026Q1.tif", TILES, squares=squares)
+    region = to_crs(box(*TILES[0].core_bounds[:2], *TILES[-1].core_bounds[2:]), TILES[0].id.epsg, 4326)
+    gpd.GeoDataFrame({"name": ["tiny"]}, geometry=[region.buffer(-0.0005)], crs=4326).to_file(d / "region.geojson")
+    cfg = {
+        "region": {"name": "tiny", "file": "region.geojson"}, "periods": ["2026Q1"],
+        "grid": {"tile_px": SMALL_GRID.tile_px, "halo_px": SMALL_GRID.halo_px, "resolution_m": 10},
+        "source": {"kind": "local", "local": {"paths": ["imagery/composite_{period}.tif"]}},
+        "models": {"discovery": str(models / "discovery"), "impact": str(models / "impact")},
+        "detect": {"block_cells": 7},
+    }
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return d
+
+
+def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
+    snakefile = snapshot_workflow(tmp_path / "workflow")
+    models = tmp_path / "models"
+    save_test_model(models / "discovery", "discovery", bright_square_fcn())
+    save_test_model(models / "impact", "impact", constant_impact_cnn())
+    local = make_scan(tmp_path / "local", models)
+    shutil.copytree(local, tmp_path / "slurm")
+    on_slurm = tmp_path / "slurm"
+    target = "results/tiny/2026Q1/summary.json"
+
+    run_snakemake(local, target, snakefile=snakefile)
+
+    profile = snakefile.parent / "profiles" / "slurm"
+    t0 = time.monotonic()
+    r = subprocess.run(
+        ["timeout", "-s", "KILL", str(TIME_LIMIT_S), sys.executable, "-m", "snakemake", "-s", str(snakefile),
+         "--directory", str(on_slurm), "--configfile", str(on_slurm / "config.yaml"), "--profile", str(profile),
+         *SLURM_ARGS, target],
+        capture_output=True, text=True, cwd=snakefile.parent,
+        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"))
+    took = time.monotonic() - t0
+    log = r.stdout + r.stderr
+    print(f"snakemake --profile profiles/slurm: exit {r.returncode} in {took:.0f} s")
+    assert r.returncode == 0, f"SLURM run failed (exit {r.returncode}, {took:.0f} s):\n{log[-8000:]}"
+
+    # it really went through SLURM: one sbatch per tile, per quadrant (detect + classify grouped) and the
+    # merge, each COMPLETED in SLURM's own records
+    ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    assert len(ids) == len(TILES) + 4 * len(TILES) + 1, log[-4000:]
+    assert log.count("group_quadrant") >= 4 * len(TILES)
+    states = subprocess.run(["timeout", "-s", "KILL", "20", "squeue", "-h", "-t", "all", "-j", ",".join(ids),
+                             "-o", "%i %T"], capture_output=True, text=True).stdout.split()
+    assert states[1::2] == ["COMPLETED"] * len(ids), states
+
+    out_local, out_slurm = (d / "results" / "tiny" / "2026Q1" for d in (local, on_slurm))
+    for name in OUTPUTS:
+        assert (out_slurm / name).read_bytes() == (out_local / name).read_bytes(), f"{name} differs"
+    for q in sorted(p.relative_to(out_local) for p in (out_local / "quadrants").glob("*/*.csv")):
+        assert (out_slurm / q).read_bytes() == (out_local / q).read_bytes(), f"{q} differs"
+    assert (on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "merge.log").exists()
+    assert (on_slurm / "results" / "benchmarks" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}_NW.tsv").exists()
+    # and the SLURM run is complete: nothing left to do
+    again = run_snakemake(on_slurm, "-n", target, snakefile=snakefile,
+                          profile_args=("--profile", str(profile), *SLURM_ARGS))
+    assert "Nothing to be done" in again.stdout + again.stderr
