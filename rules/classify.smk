@@ -1,4 +1,8 @@
-# Classify: the impact CNN rates the 21 x 21 px patch around every candidate of one quadrant.
+# Classify: the impact CNN's rating of the 21 x 21 px patch around every candidate of one quadrant. The
+# detect job has already rated them (same process as the FCN: one TensorFlow start per quadrant); this job
+# checks that they were rated by this very impact model (content hash) and writes classified.csv. Candidates
+# rated by another model (e.g. the impact model was replaced) are rated here, in batches of
+# classify.batch_size read and normalised one at a time; only then is TensorFlow started.
 
 
 rule classify:
@@ -21,7 +25,7 @@ rule classify:
         batch=config["classify"]["batch_size"],
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=1500,
         runtime=30,
         gpu=0,
     shell:

@@ -1,11 +1,16 @@
 # Detect: the discovery FCN on one quadrant core (read with its halo from the tile), giving a
-# probability raster on the 27 px cell grid and the candidate cells above the threshold.
+# probability raster on the 27 px cell grid and the candidate cells above the threshold. The quadrant is
+# streamed through the network in strips (detect.max_block_mb), so the job's memory is bounded: about
+# 0.7 GB (Python, TensorFlow, models, read cache) plus max_block_mb (docs/performance.md). With an impact
+# model, the candidates are rated here as well, from the strips in memory (see classify.smk).
 
 
 rule detect:
     input:
         tile=f"{SCAN}/tiles/{{tile}}.tif",
         model=model_files(DISCOVERY),
+        # ancient: a replaced impact model re-rates the candidates in classify, not by re-running detect
+        impact=ancient(model_files(IMPACT)),
         region=config["region"]["file"],
     output:
         probability=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/probability.tif",
@@ -25,16 +30,31 @@ rule detect:
             if config["detect"]["threshold"] is not None
             else ""
         ),
-        block=config["detect"]["block_cells"],
+        strips=(
+            f"--max-block-mb {config['detect']['max_block_mb']} --inference {config['detect']['inference']}"
+            + (
+                f" --block-cells {config['detect']['block_cells']}"
+                if config["detect"]["block_cells"]
+                else ""
+            )
+        ),
         on_empty=config["detect"]["on_empty_quadrant"],
+        # the impact CNN rates the candidates in this job (TensorFlow is loaded anyway); classify then
+        # only checks and copies the ratings instead of starting TensorFlow again
+        impact=lambda wc, input: (
+            f"--impact-model {os.path.dirname(input.impact[0])} "
+            f"--impact-batch-size {config['classify']['batch_size']}"
+            if input.impact
+            else ""
+        ),
         layer=f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else "",
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=int(1000 + 1.25 * config["detect"]["max_block_mb"]),
         runtime=60,
         gpu=0,
     shell:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile} "
         "--model {params.model} --region {input.region} {params.layer} --scale {params.scale} {params.threshold} "
-        "--block-cells {params.block} --on-empty {params.on_empty} {params.grid} "
+        "{params.strips} {params.impact} --on-empty {params.on_empty} {params.grid} "
         "--prob-out {output.probability} --candidates-out {output.candidates} 2> {log}"
