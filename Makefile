@@ -26,7 +26,15 @@ demo: $(STAMP)
 	print('layers in results/demo/2026Q1/')"
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
+	@# as root (CI): headless Chromium for the map tests (they skip, saying why, without it)
+	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "make test: could not install chromium (the map tests will skip)"; fi
+	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && bash scripts/slurm-local.sh start \
+	  || echo "make test: the local SLURM cluster did not start (tests/test_slurm.py will fail or skip)"; fi
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	  if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh stop || true; fi; exit $$rc
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -6,6 +6,7 @@ import os
 import sys
 
 from minescan import config as cfgmod
+from minescan.change import scan_periods
 from minescan.plan import scan_plan
 
 # Rules call the `minescan` CLI installed beside the Python running Snakemake (e.g. .venv/bin), even when
@@ -24,7 +25,7 @@ config.update(cfgmod.validate(config, "config (--configfile/--config)"))
 PLAN = scan_plan(config)
 R = config["results_dir"]
 REGION = config["region"]["name"]
-PERIODS = config["periods"]
+PERIODS = config["periods"] = scan_periods(config)  # periods + schedule, oldest first
 
 
 include: "rules/common.smk"
@@ -34,10 +35,14 @@ include: "rules/train.smk"
 include: "rules/detect.smk"
 include: "rules/classify.smk"
 include: "rules/merge.smk"
-# include: "rules/train_real.smk"  (added with the real-data model)
+include: "rules/change.smk"
+include: "rules/layers.smk"
+include: "rules/train_real.smk"
 
 
 rule all:
     default_target: True
     input:
         expand(f"{R}/{REGION}/{{period}}/summary.json", period=PERIODS),
+        expand(f"{R}/{REGION}/{{period}}/change/change.json", period=PERIODS[1:]),
+        LAYERS_TARGETS,

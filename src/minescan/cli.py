@@ -39,9 +39,11 @@ def _tile(args):
 
 def cmd_plan(args) -> int:
     from . import config as cfgmod
+    from .change import scan_periods
     from .plan import scan_plan
 
     cfg = cfgmod.load(args.config)
+    cfg["periods"] = scan_periods(cfg)
     plan = scan_plan(cfg)
     if args.json:
         print(json.dumps(plan.as_dict(), indent=2, sort_keys=True))
@@ -96,21 +98,26 @@ def cmd_make_tile(args) -> int:
 
 def cmd_detect(args) -> int:
     from .detect import run_detect
+    from .inference import DEFAULT_MAX_BLOCK_MB, import_keras_lean
     from .model_io import load_model
     from .vector_io import read_region
 
+    import_keras_lean()
     model = load_model(args.model, expect_kind="discovery")
+    impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
     run_detect(args.tile_path, _tile(args), args.quadrant, model, region, args.scale, args.threshold,
-               args.block_cells, args.prob_out, args.candidates_out, args.on_empty)
+               args.block_cells, args.prob_out, args.candidates_out, args.on_empty,
+               max_block_mb=args.max_block_mb or DEFAULT_MAX_BLOCK_MB, method=args.inference,
+               impact=impact, impact_batch_size=args.impact_batch_size)
     return 0
 
 
 def cmd_classify(args) -> int:
-    from .detect import run_classify
-    from .model_io import load_model
+    from .detect import lazy_model, run_classify
 
-    model = None if args.model in ("none", "") else load_model(args.model, expect_kind="impact")
+    # the network (and TensorFlow) is only loaded if some candidate is not yet rated by this model
+    model = None if args.model in ("none", "") else lazy_model(args.model, "impact")
     run_classify(args.tile_path, _tile(args), model, args.scale, args.candidates, args.out, args.batch_size)
     return 0
 
@@ -118,6 +125,7 @@ def cmd_classify(args) -> int:
 def cmd_merge(args) -> int:
     from .merge import merge_scan
     from .model_io import model_fingerprint, read_card
+    from .spatial_prior import SpatialPrior
     from .vector_io import read_region
 
     models = {}
@@ -132,7 +140,8 @@ def cmd_merge(args) -> int:
         region_lonlat=read_region(args.region, args.region_layer),
         tiles=sorted({n.rsplit("_", 1)[0] for n in names}), quadrants=names, models=models,
         thresholds={"discovery": threshold, "drop_no_ore": args.drop_no_ore}, resolution_m=args.resolution_m,
-        drop_no_ore=args.drop_no_ore, connectivity=args.connectivity, truth_path=args.truth)
+        drop_no_ore=args.drop_no_ore, connectivity=args.connectivity, truth_path=args.truth,
+        prior=SpatialPrior(args.isolated_threshold, args.isolation_k, args.isolation_km))
     ev = summary.get("evaluation")
     if ev:
         print(f"{args.region_name} {args.period}: {summary['sites']} sites detected; site-level recall "
@@ -204,8 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region-layer", default=None)
     p.add_argument("--scale", type=float, default=1e-4, help="tile value to reflectance factor")
     p.add_argument("--threshold", type=float, default=None, help="default: the model card's")
-    p.add_argument("--block-cells", type=int, default=48)
+    p.add_argument("--max-block-mb", type=float, default=None,
+                   help="working memory of one inference strip in MB (detect.max_block_mb; default 384, "
+                   "minescan.inference.DEFAULT_MAX_BLOCK_MB)")
+    p.add_argument("--block-cells", type=int, default=None,
+                   help="output-cell rows per strip (cells per block side for --inference blocks); "
+                   "overrides --max-block-mb (detect.block_cells)")
+    p.add_argument("--inference", choices=["auto", "stream", "blocks"], default="auto",
+                   help="stream: stage-wise row strips, nothing recomputed; blocks: square blocks with margins")
     p.add_argument("--on-empty", choices=["error", "warn"], default="error")
+    p.add_argument("--impact-model", default=None,
+                   help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
+    p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")
     p.add_argument("--prob-out", required=True)
     p.add_argument("--candidates-out", required=True)
     _grid_args(p)
@@ -236,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connectivity", type=int, choices=[4, 8], default=8)
     p.add_argument("--truth", default=None, help="true site polygons for recall/precision")
     p.add_argument("--resolution-m", type=float, default=10.0)
+    p.add_argument("--isolated-threshold", type=float, default=None,
+                   help="stricter cut-off for isolated candidates (merge.isolated_threshold); default: off")
+    p.add_argument("--isolation-k", type=int, default=2, help="k of the k-th nearest other candidate")
+    p.add_argument("--isolation-km", type=float, default=1.0, help="isolated beyond this distance (km)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("train", help="train the discovery FCN or impact CNN from labelled points + images")
@@ -264,7 +287,7 @@ def _plugin_modules():
     import importlib
 
     mods = []
-    for name in ("minescan.cli_chips", "minescan.cli_gee"):
+    for name in ("minescan.cli_chips", "minescan.cli_gee", "minescan.cli_layers", "minescan.cli_change"):
         try:
             mods.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:
