@@ -14,7 +14,10 @@ from minescan.plan import scan_plan
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
-configfile: "config/demo.yaml"
+# The embedded demo, unless a config is given with --configfile (a user's config is never merged with it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/demo.yaml"
 
 
 envvars:

@@ -33,7 +33,7 @@ def write_config(tmp_path, key: str | None = None, **gee) -> Path:
            "periods": ["2026Q1", "2025"], "results_dir": str(tmp_path / "results"),
            "grid": {"tile_px": 512, "halo_px": 64, "resolution_m": 10},
            "source": {"kind": "gee", "gee": {**({"service_account_key": key} if key else {}), **gee}},
-           "models": {"impact": None}}
+           "models": {"discovery": str(ROOT / "models" / "amazon-rgb48"), "impact": None}}
     path = tmp_path / "gee.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

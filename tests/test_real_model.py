@@ -205,7 +205,7 @@ def test_scan_applies_the_shipped_model_to_12_band_tiles(tmp_path):
 
     model = load_model(ROOT / "models" / "amazon-rgb48", expect_kind="discovery")
     assert model.band_indices(list(SENTINEL2_BANDS), "tile") == [3, 2, 1]
-    assert model.threshold == model.card["threshold_without_tta"]
+    assert model.scan_threshold == model.card["threshold_without_tta"] != model.threshold
     t = grid_tile()
     scene = write_scene(tmp_path / "scene.tif", [t], noise_seed=2)
     make_tile(t, [scene], list(SENTINEL2_BANDS), tmp_path / "tile.tif")

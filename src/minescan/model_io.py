@@ -50,11 +50,14 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
-        """The cut-off for one network pass per cell, as the scan makes. A card whose ``threshold`` was
-        chosen on test-time-augmented chip scores (``tta``) also records ``threshold_without_tta``."""
-        if self.card.get("tta") and "threshold_without_tta" in self.card:
-            return float(self.card["threshold_without_tta"])
+        """The card's decision threshold (for chip scores, test-time-augmented when the card says ``tta``)."""
         return float(self.card.get("threshold", 0.6))
+
+    @property
+    def scan_threshold(self) -> float:
+        """The cut-off for one network pass per cell, as a scan makes: see :func:`scan_threshold`."""
+        return scan_threshold(self.card)
+
 
     @property
     def version(self) -> str:
@@ -74,6 +77,14 @@ class LoadedModel:
     def normalise(self, reflectance: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Per-band z-score of reflectance (..., bands) as float32, nodata set to 0 (the band mean)."""
         return normalise(reflectance, self.card["normalisation"], valid)
+
+
+def scan_threshold(card: dict) -> float:
+    """A card whose ``threshold`` was chosen on test-time-augmented chip scores (``tta``) also records
+    ``threshold_without_tta``, which is the one that applies to a scan's single pass per cell."""
+    if card.get("tta") and "threshold_without_tta" in card:
+        return float(card["threshold_without_tta"])
+    return float(card.get("threshold", 0.6))
 
 
 def normalise(reflectance: np.ndarray, norm: dict, valid: np.ndarray | None = None) -> np.ndarray:
