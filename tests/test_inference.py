@@ -16,7 +16,6 @@ from shapely.geometry import box
 
 from minescan import SENTINEL2_BANDS
 from minescan.detect import (
-    TileReadAhead,
     _patch_groups,
     iter_impact_patches,
     lazy_model,
@@ -452,35 +451,3 @@ def test_detect_rates_candidates_once_and_classify_copies_them(tmp_path, scene_t
     pd.testing.assert_frame_equal(k2a, k2b, atol=2e-6)
     assert np.abs(k2a["p_low"] - ka["p_low"]).max() > 1e-3
 
-
-@pytest.mark.parametrize("budget_mb", [0.5, 100])
-def test_rows_read_while_starting_up_are_used_and_change_nothing(tmp_path, scene_tile, models, budget_mb):
-    """The early read (during the TensorFlow import) serves the first rows, or all of them, from memory."""
-    t, path = scene_tile
-    fcn_model = models[0]
-    region = to_crs(box(*t.core_bounds), t.id.epsg, 4326)
-    early = TileReadAhead.start(path, t, "SE", fcn_model.card, budget_mb)
-    assert early is not None
-    early._thread.join()  # let it read up to its budget, as it would during a real start-up
-    rows = sum(len(raw) for _, raw in early._chunks)
-    span_rows = early.span[3] - early.span[1]
-    assert 0 < rows < span_rows if budget_mb < 1 else rows == span_rows  # part from memory, part from the file
-    try:
-        run_detect(path, t, "SE", fcn_model, region, 1e-4, None, 2, tmp_path / "a.tif", tmp_path / "a.csv",
-                   early=early)
-        assert not early._chunks, "every row read early was handed to the stream"
-    finally:
-        early.close()
-    run_detect(path, t, "SE", fcn_model, region, 1e-4, None, 2, tmp_path / "b.tif", tmp_path / "b.csv")
-    import rasterio
-
-    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
-        np.testing.assert_array_equal(a.read(1), b.read(1))
-    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
-
-
-def test_early_read_declines_what_it_cannot_do(tmp_path, scene_tile):
-    t, path = scene_tile
-    card = {"window": 201, "bands": ["B1", "B99"]}
-    assert TileReadAhead.start(path, t, "NW", card, 10) is None  # a band the tile lacks: the job reports it
-    assert TileReadAhead.start(tmp_path / "missing.tif", t, "NW", {"window": 201, "bands": ["B1"]}, 10) is None

@@ -97,26 +97,19 @@ def cmd_make_tile(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    from .detect import TileReadAhead, run_detect
+    from .detect import run_detect
     from .inference import DEFAULT_MAX_BLOCK_MB, import_keras_lean
-    from .model_io import load_model, read_card
+    from .model_io import load_model
+    from .vector_io import read_region
 
-    tile, budget = _tile(args), args.max_block_mb or DEFAULT_MAX_BLOCK_MB
-    # read the tile on the idle core while TensorFlow is imported and the models are loaded
-    early = TileReadAhead.start(args.tile_path, tile, args.quadrant, read_card(args.model), budget)
-    try:
-        from .vector_io import read_region
-
-        import_keras_lean()
-        model = load_model(args.model, expect_kind="discovery")
-        impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
-        region = read_region(args.region, args.region_layer)
-        run_detect(args.tile_path, tile, args.quadrant, model, region, args.scale, args.threshold,
-                   args.block_cells, args.prob_out, args.candidates_out, args.on_empty, max_block_mb=budget,
-                   method=args.inference, impact=impact, impact_batch_size=args.impact_batch_size, early=early)
-    finally:
-        if early is not None:
-            early.close()
+    import_keras_lean()
+    model = load_model(args.model, expect_kind="discovery")
+    impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
+    region = read_region(args.region, args.region_layer)
+    run_detect(args.tile_path, _tile(args), args.quadrant, model, region, args.scale, args.threshold,
+               args.block_cells, args.prob_out, args.candidates_out, args.on_empty,
+               max_block_mb=args.max_block_mb or DEFAULT_MAX_BLOCK_MB, method=args.inference,
+               impact=impact, impact_batch_size=args.impact_batch_size)
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -73,100 +72,10 @@ def open_tile(tile_path, tile: Tile) -> TileRaster:
         return TileRaster(tile_path, tile)
 
 
-class TileReadAhead:
-    """Reads a quadrant's input span from the tile in a background thread while the job is still starting.
-
-    A detect job spends ~3 s importing TensorFlow and loading its models on one core while the other is
-    idle; started first, this reads (and decodes) the span's rows meanwhile, from the top, in chunks aligned
-    to the file's block rows, until ``max_mb`` of tile values are held. The stream then takes those rows
-    from memory (``reader``) and reads the rest from the file as usual. Results do not depend on it.
-    """
-
-    def __init__(self, raster: TileRaster, span: tuple[int, int, int, int], bands: list[int], max_bytes: int):
-        self.raster, self.span, self.bands, self.max_bytes = raster, span, bands, max_bytes
-        self._chunks: list[tuple[int, np.ndarray]] = []  # (first global row, tile values), in row order
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-        # a small block cache (GDAL's default is 5 % of RAM, which would keep every block decoded)
-        self._env = rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, span[2] - span[0]))
-        self._env.__enter__()
-        self._thread = threading.Thread(target=self._run, name="minescan-early-read", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def start(cls, tile_path, tile: Tile, quadrant: str, card: dict, max_mb: float) -> TileReadAhead | None:
-        """Start reading for the discovery model described by ``card``; None if anything is amiss (the job
-        proper then reports it)."""
-        raster = None
-        try:
-            geometry = FcnGeometry(int(card["window"]))
-            kx, ky = cells_in_core(tile.quadrant_core_px(quadrant))
-            c0, c1 = geometry.input_span(kx.start, len(kx))
-            r0, r1 = geometry.input_span(ky.start, len(ky))
-            raster = open_tile(tile_path, tile)
-            bands = [raster.band_names.index(b) for b in card["bands"]]
-            return cls(raster, (c0, r0, c1, r1), bands, int(max_mb * 2**20))
-        except Exception as exc:  # noqa: BLE001 - the job itself will raise the proper error
-            log.debug("no early read of %s: %s", tile_path, exc)
-            if raster is not None:
-                raster.close()
-            return None
-
-    def _run(self) -> None:
-        c0, r0, c1, r1 = self.span
-        bh = self.raster.ds.block_shapes[0][0]
-        top = self.raster.origin[1]  # global row of the file's first row: block rows start there
-        held, a = 0, r0
-        try:
-            while a < r1 and held < self.max_bytes and not self._halt.is_set():
-                b = min(r1, top + ((a - top) // bh + 1) * bh)
-                raw = self.raster.read_px(c0, a, c1, b, self.bands)
-                with self._lock:
-                    self._chunks.append((a, raw))
-                held += raw.nbytes
-                a = b
-        except Exception as exc:  # noqa: BLE001 - the stream reads these rows again and reports errors
-            log.debug("early read of %s stopped: %s", self.raster.path, exc)
-        log.info("read %.0f MB of the tile while starting up", held / 2**20)
-
-    def stop(self) -> None:
-        """Stop reading (the rows read so far stay available)."""
-        self._halt.set()
-        self._thread.join()
-
-    def close(self) -> None:
-        self.stop()
-        with self._lock:
-            self._chunks.clear()
-        self.raster.close()
-        self._env.__exit__(None, None, None)
-
-    def reader(self, fallback):
-        """read(c0, r0, c1, r1): rows held are served once from memory, the rest by ``fallback``."""
-
-        def read(c0: int, r0: int, c1: int, r1: int) -> np.ndarray:
-            if (c0, c1) != (self.span[0], self.span[2]):
-                return fallback(c0, r0, c1, r1)
-            parts, at = [], r0
-            with self._lock:
-                for start, raw in self._chunks:
-                    end = start + len(raw)
-                    if start <= at < end:
-                        parts.append(raw[at - start : min(end, r1) - start])
-                        at = min(end, r1)
-                self._chunks = [(st, rw) for st, rw in self._chunks if st + len(rw) > r1]  # consumed
-            if at < r1:
-                parts.append(fallback(c0, at, c1, r1))
-            return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-        return read
-
-
 def quadrant_probabilities(raster: TileRaster, tile: Tile, quadrant: str, model: LoadedModel, scale: float,
                            block_cells: int | None = None, core_px=None, *,
                            max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
-                           stats: InferenceStats | None = None, rater: StreamRater | None = None,
-                           early: TileReadAhead | None = None):
+                           stats: InferenceStats | None = None, rater: StreamRater | None = None):
     """Probability grid for the cells of one quadrant core (or any ``core_px`` rectangle) of a tile.
 
     Exact whatever the strip/block size (see :mod:`minescan.inference`): ``block_cells`` fixes it in output
@@ -174,10 +83,7 @@ def quadrant_probabilities(raster: TileRaster, tile: Tile, quadrant: str, model:
     geometry = FcnGeometry(model.window)
     check_halo(tile.grid, geometry.halo_px, f"the {model.window} px discovery model {model.path}")
     kx, ky = cells_in_core(core_px or tile.quadrant_core_px(quadrant))
-    read = _raw_reader(raster, model)
-    if early is not None and list(early.bands) == model.band_indices(raster.band_names, str(raster.path)):
-        read = early.reader(read)
-    prob = predict_cells(model.network, geometry, read, normalisation(raster, model, scale),
+    prob = predict_cells(model.network, geometry, _raw_reader(raster, model), normalisation(raster, model, scale),
                          kx, ky, max_block_mb=max_block_mb, block_cells=block_cells, method=method,
                          progress=log_progress(f"{tile.name} {quadrant}"), stats=stats,
                          on_rows=rater.start(kx, ky) if rater else None, keep_px=rater.keep_px if rater else 0)
@@ -287,15 +193,13 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                threshold: float | None, block_cells: int | None, prob_out, candidates_out,
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
-               stats: InferenceStats | None = None, early: TileReadAhead | None = None) -> dict:
+               stats: InferenceStats | None = None) -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
     loaded), and the CSV carries the ratings and the model's version; ``run_classify`` then only checks and
     copies them instead of starting TensorFlow a second time for the quadrant."""
     threshold = model.scan_threshold if threshold is None else threshold
-    if early is not None:
-        early.stop()  # from here on the stream reads (the rows read early are used)
     with open_tile(tile_path, tile) as raster:
         c0, _, c1, _ = tile.quadrant_core_px(quadrant)
         rater = None
@@ -305,7 +209,7 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0 + 2 * tile.grid.halo_px)):
             prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
                                                   max_block_mb=max_block_mb, method=method, stats=stats,
-                                                  rater=rater, early=early)
+                                                  rater=rater)
             n_valid = int(np.isfinite(prob).sum())
             if n_valid == 0:
                 msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"

@@ -19,11 +19,14 @@ rows its consumer may ask for again (the margin), so no convolution is recompute
 conv, dropout, 1 x 1 softmax) streams the same way. Input strips are read from the tile (uint16) one strip
 ahead in a background thread, while the network computes the current one. Normalisation is folded into
 the first convolution: the strip is only centred (``DN - mean/scale``, one pass that also converts
-uint16 to float32, nodata set to 0) and the first kernel is scaled by ``scale/std`` per band.
+uint16 to float32, nodata set to 0) and the first kernel is scaled by ``scale/std`` per band. Cells are
+handed to an ``on_rows`` callback as soon as they are final, with the tile values around them still in
+memory (the impact CNN rates candidates from them: the tile is read once).
 
 Memory is bounded by the strip height, chosen from ``max_block_mb`` (or fixed by ``block_cells`` =
 output-cell rows per strip) and the span width, not by the span height: roughly
-``27 * rows * width * (20 * bands + 8 * conv1_width)`` bytes, independent of how much area is scanned.
+``27 * rows * width * (24 * bands + 8 * conv1_width)`` bytes (~70 MB per cell row for a quadrant),
+independent of how much area is scanned.
 
 ``blocks`` (fallback for other architectures, and a reference). Square blocks of ``n`` x ``n`` cells, each
 computed from its own input span: exact too, but every block recomputes a margin of ``1 + valid_kernel``
