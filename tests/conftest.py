@@ -8,17 +8,23 @@ cluster of detected cells, so seam and integration tests know exactly what must 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
+import yaml
 from affine import Affine
+from shapely.geometry import box
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from minescan import SENTINEL2_BANDS  # noqa: E402
-from minescan.grid import GridSpec, Tile, TileId  # noqa: E402
+from minescan.grid import GridSpec, Tile, TileId, _transformer, cell_centres_utm, to_crs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -113,3 +119,71 @@ def write_scene(path: Path, tiles: list[Tile], squares=(), bands=SENTINEL2_BANDS
         dst.write(data)
         dst.descriptions = tuple(bands)
     return path
+
+
+def write_classified(tmp_path: Path, cells, probabilities, impacts, tile: Tile) -> Path:
+    """A quadrant's classified.csv (quadrant NW of ``tile``): one row per (cell_x, cell_y) with its
+    probability and impact ("high", "low" or "no_ore"; p of that class 0.8, of the others 0.1)."""
+    e, n = cell_centres_utm(np.array([c[0] for c in cells]), np.array([c[1] for c in cells]), 10.0)
+    lon, lat = _transformer(tile.id.epsg, 4326).transform(e, n)
+    df = pd.DataFrame({
+        "cell_x": [c[0] for c in cells], "cell_y": [c[1] for c in cells], "zone": "21S", "tile": tile.name,
+        "quadrant": "NW", "easting": e, "northing": n, "lon": np.round(lon, 7), "lat": np.round(lat, 7),
+        "probability": probabilities, "p_high": [0.8 if i == "high" else 0.1 for i in impacts],
+        "p_low": [0.8 if i == "low" else 0.1 for i in impacts],
+        "p_no_ore": [0.8 if i == "no_ore" else 0.1 for i in impacts], "impact": impacts})
+    d = tmp_path / f"{tile.name}_NW"
+    d.mkdir(parents=True, exist_ok=True)
+    df.to_csv(d / "classified.csv", index=False)
+    return d / "classified.csv"
+
+
+# ------------------------------------------------------------------------- the tiny scan of the DAG tests
+
+
+def mine_squares(tiles: list[Tile]) -> list[tuple[int, int, int, int]]:
+    """Two bright 50 px squares (global px) in the core of each tile."""
+    squares = []
+    for t in tiles:
+        c0, r0, _, _ = t.core_px()
+        squares += [(c0 + 150, r0 + 150, c0 + 200, r0 + 200), (c0 + 450, r0 + 420, c0 + 500, r0 + 470)]
+    return squares
+
+
+def write_tiny_scene(workdir: Path, tiles: list[Tile], squares) -> None:
+    """imagery/composite_2026Q1.tif over the tiles with the bright squares, and region.geojson: the cores
+    of the tiles (first to last), a little inside."""
+    (workdir / "imagery").mkdir(parents=True)
+    write_scene(workdir / "imagery" / "composite_2026Q1.tif", tiles, squares=squares)
+    region = to_crs(box(*tiles[0].core_bounds[:2], *tiles[-1].core_bounds[2:]), tiles[0].id.epsg, 4326)
+    gpd.GeoDataFrame({"name": ["tiny"]}, geometry=[region.buffer(-0.0005)], crs=4326).to_file(
+        workdir / "region.geojson")
+
+
+def write_tiny_config(workdir: Path, discovery, impact, imagery: str = "imagery/composite_{period}.tif",
+                      **sections) -> Path:
+    """config.yaml of the tiny scan: region "tiny" (region.geojson), period 2026Q1, the small grid, local
+    imagery, the given models; ``sections`` are added as further top-level sections (merge=..., layers=...)."""
+    cfg = {
+        "region": {"name": "tiny", "file": "region.geojson"}, "periods": ["2026Q1"],
+        "grid": {"tile_px": SMALL_GRID.tile_px, "halo_px": SMALL_GRID.halo_px, "resolution_m": 10},
+        "source": {"kind": "local", "local": {"paths": [imagery]}},
+        "models": {"discovery": str(discovery), "impact": str(impact)},
+        "detect": {"block_cells": 7},
+        **sections,
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return workdir / "config.yaml"
+
+
+def run_snakemake(workdir: Path, *extra, snakefile: Path = ROOT / "Snakefile", check=True,
+                  profile_args=("--cores", "2"), timeout=None) -> subprocess.CompletedProcess:
+    """Snakemake on ``workdir`` with its config.yaml (from the Snakefile's folder); AssertionError on failure
+    unless ``check`` is false."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *profile_args, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=snakefile.parent, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\n{r.stdout[-4000:]}{r.stderr[-6000:]}")
+    return r

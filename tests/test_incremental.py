@@ -5,10 +5,7 @@ GeoTIFF. After one full run, each test copies the finished work directory (mtime
 kept), changes one thing and asks Snakemake (-n) which jobs it would run.
 """
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,12 +13,13 @@ import pytest
 import yaml
 from conftest import (
     ROOT,
-    SMALL_GRID,
     bright_square_fcn,
     constant_impact_cnn,
     grid_tile,
+    run_snakemake,
     save_test_model,
     write_scene,
+    write_tiny_config,
 )
 from shapely.geometry import box
 from shapely.ops import unary_union
@@ -51,16 +49,6 @@ def snapshot_workflow(dst: Path) -> Path:
     return dst / "Snakefile"
 
 
-def run_snakemake(workdir: Path, *extra, snakefile: Path, check=True, profile_args=("--cores", "2"), timeout=None):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *profile_args, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=snakefile.parent, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)}\n{r.stdout[-4000:]}{r.stderr[-6000:]}")
-    return r
-
-
 def square(tile, dx, dy, size=50):
     c0, r0, _, _ = tile.core_px()
     return (c0 + dx, r0 + dy, c0 + dx + size, r0 + dy + size)
@@ -88,14 +76,7 @@ def finished(tmp_path_factory, snakefile):
                                                                               period == "2026Q2" else []))
     region = unary_union([to_crs(box(*t.core_bounds), t.id.epsg, 4326).buffer(-0.0005) for t in (A, E)])
     gpd.GeoDataFrame({"name": ["tiny"]}, geometry=[region], crs=4326).to_file(d / "region.geojson")
-    cfg = {
-        "region": {"name": "tiny", "file": "region.geojson"}, "periods": ["2026Q1"],
-        "grid": {"tile_px": SMALL_GRID.tile_px, "halo_px": SMALL_GRID.halo_px, "resolution_m": 10},
-        "source": {"kind": "local", "local": {"paths": ["imagery/{period}"]}},
-        "models": {"discovery": "models/discovery", "impact": "models/impact"},
-        "detect": {"block_cells": 7},
-    }
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_config(d, "models/discovery", "models/impact", imagery="imagery/{period}")
     run_snakemake(d, *TARGET_Q1, snakefile=snakefile)
     r = run_snakemake(d, "-n", *TARGET_Q1, snakefile=snakefile)
     assert "Nothing to be done" in r.stdout, r.stdout[-3000:]

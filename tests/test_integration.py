@@ -1,22 +1,12 @@
 """The real Snakemake DAG on a tiny config in a temp dir: local GeoTIFF -> tiles -> quadrants -> layers."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import geopandas as gpd
 import pytest
-import yaml
-from conftest import ROOT, SMALL_GRID, grid_tile, write_scene
-from shapely.geometry import box
-
-from minescan.grid import to_crs
+from conftest import grid_tile, mine_squares, run_snakemake, write_tiny_config, write_tiny_scene
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 OUTPUTS = ("detections.csv", "detections.kml", "rejected.csv", "sites.gpkg", "summary.json")
 
 
@@ -36,36 +26,13 @@ def job_counts(output: str) -> dict:
     return counts
 
 
-def run_snakemake(workdir: Path, *extra, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    r = subprocess.run(SNAKEMAKE + ["-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile",
-                                    str(workdir / "config.yaml"), "--cores", "2", *extra],
-                       capture_output=True, text=True, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(r.stdout[-3000:] + r.stderr[-6000:])
-    return r
-
-
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory, bright_model_dir, impact_model_dir):
     d = tmp_path_factory.mktemp("dag")
     tiles = [grid_tile(93, 1440), grid_tile(94, 1440)]
-    squares = []
-    for t in tiles:
-        c0, r0, _, _ = t.core_px()
-        squares += [(c0 + 150, r0 + 150, c0 + 200, r0 + 200), (c0 + 450, r0 + 420, c0 + 500, r0 + 470)]
-    (d / "imagery").mkdir()
-    write_scene(d / "imagery" / "composite_2026Q1.tif", tiles, squares=squares)
-    region = to_crs(box(*tiles[0].core_bounds[:2], *tiles[1].core_bounds[2:]), tiles[0].id.epsg, 4326)
-    gpd.GeoDataFrame({"name": ["tiny"]}, geometry=[region.buffer(-0.0005)], crs=4326).to_file(d / "region.geojson")
-    cfg = {
-        "region": {"name": "tiny", "file": "region.geojson"}, "periods": ["2026Q1"],
-        "grid": {"tile_px": SMALL_GRID.tile_px, "halo_px": SMALL_GRID.halo_px, "resolution_m": 10},
-        "source": {"kind": "local", "local": {"paths": ["imagery/composite_{period}.tif"]}},
-        "models": {"discovery": str(bright_model_dir), "impact": str(impact_model_dir)},
-        "detect": {"block_cells": 7},
-    }
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    squares = mine_squares(tiles)
+    write_tiny_scene(d, tiles, squares)
+    write_tiny_config(d, bright_model_dir, impact_model_dir)
     run_snakemake(d)
     return d, tiles, squares
 

@@ -7,27 +7,11 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import grid_tile
+from conftest import grid_tile, write_classified
 from shapely.geometry import box
 
 from minescan.grid import _transformer, cell_centres_utm, to_crs
 from minescan.merge import merge_scan
-
-
-def _classified(tmp_path, cells, impacts, tile):
-    e, n = cell_centres_utm(np.array([c[0] for c in cells]), np.array([c[1] for c in cells]), 10.0)
-    lon, lat = _transformer(tile.id.epsg, 4326).transform(e, n)
-    df = pd.DataFrame({
-        "cell_x": [c[0] for c in cells], "cell_y": [c[1] for c in cells], "zone": "21S", "tile": tile.name,
-        "quadrant": "NW", "easting": e, "northing": n, "lon": np.round(lon, 7), "lat": np.round(lat, 7),
-        "probability": np.linspace(0.7, 0.95, len(cells)).round(6),
-        "p_high": [0.8 if i == "high" else 0.1 for i in impacts],
-        "p_low": [0.8 if i == "low" else 0.1 for i in impacts],
-        "p_no_ore": [0.8 if i == "no_ore" else 0.1 for i in impacts], "impact": impacts})
-    d = tmp_path / f"{tile.name}_NW"
-    d.mkdir(parents=True, exist_ok=True)
-    df.to_csv(d / "classified.csv", index=False)
-    return d / "classified.csv"
 
 
 @pytest.fixture
@@ -41,7 +25,9 @@ def merged(tmp_path):
     square = [(kx0, ky0), (kx0 + 1, ky0), (kx0, ky0 + 1), (kx0 + 1, ky0 + 1)]  # 2 x 2 cells: one site
     lone = [(kx0 + 6, ky0 + 6)]  # a second, separate site
     rejected = [(kx0 + 9, ky0 + 1)]
-    path = _classified(tmp_path, square + lone + rejected, ["high", "high", "low", "high", "low", "no_ore"], tile)
+    cells = square + lone + rejected
+    path = write_classified(tmp_path, cells, np.linspace(0.7, 0.95, len(cells)).round(6),
+                            ["high", "high", "low", "high", "low", "no_ore"], tile)
     region = to_crs(box(*tile.core_bounds), tile.id.epsg, 4326)
     kw = dict(region_name="t", period="2026Q1", region_lonlat=region, tiles=[tile.name], quadrants=["x"],
               models={}, thresholds={"discovery": 0.6}, resolution_m=10.0)

@@ -2,18 +2,14 @@
 overlays, map, plots, and `snakemake --report` giving one shareable HTML file."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
 import pytest
-import yaml
-from conftest import ROOT, SMALL_GRID, grid_tile, write_scene
+from conftest import grid_tile, run_snakemake, write_tiny_config, write_tiny_scene
 from shapely.geometry import box
 
 from minescan.grid import to_crs
@@ -25,16 +21,6 @@ LAYER_OUTPUTS = ("sites_annotated.gpkg", "sites_annotated.csv", "unregistered.cs
                  "report/summary_table.csv")
 
 
-def snakemake(workdir: Path, *extra, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                        "--configfile", str(workdir / "config.yaml"), "--cores", "2", *extra],
-                       capture_output=True, text=True, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(r.stdout[-3000:] + r.stderr[-6000:])
-    return r
-
-
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory, bright_model_dir, impact_model_dir):
     d = tmp_path_factory.mktemp("report")
@@ -42,11 +28,8 @@ def workflow(tmp_path_factory, bright_model_dir, impact_model_dir):
     c0, r0, _, _ = tile.core_px()
     squares = [(c0 + 150, r0 + 150, c0 + 200, r0 + 200), (c0 + 450, r0 + 420, c0 + 500, r0 + 470),
                (c0 + 150, r0 + 450, c0 + 200, r0 + 500)]
-    (d / "imagery").mkdir()
-    write_scene(d / "imagery" / "composite_2026Q1.tif", [tile], squares=squares)
+    write_tiny_scene(d, [tile], squares)
     epsg = tile.id.epsg
-    region = to_crs(box(*tile.core_bounds), epsg, 4326)
-    gpd.GeoDataFrame({"name": ["tiny"]}, geometry=[region.buffer(-0.0005)], crs=4326).to_file(d / "region.geojson")
     # a concession (UTM) around the first square; a protected area (lon/lat) over the west half of the tile,
     # which holds the first and the third square
     sc0, sr0, sc1, sr1 = squares[0]
@@ -57,20 +40,14 @@ def workflow(tmp_path_factory, bright_model_dir, impact_model_dir):
     x0, y0, x1, y1 = tile.core_bounds
     west = to_crs(box(x0 - 1000, y0 - 1000, (x0 + x1) / 2, y1 + 1000), epsg, 4326)
     gpd.GeoDataFrame({"name": ["Terra Teste"]}, geometry=[west], crs=4326).to_file(d / "ref" / "protected.geojson")
-    cfg = {
-        "region": {"name": "tiny", "file": "region.geojson"}, "periods": ["2026Q1"],
-        "grid": {"tile_px": SMALL_GRID.tile_px, "halo_px": SMALL_GRID.halo_px, "resolution_m": 10},
-        "source": {"kind": "local", "local": {"paths": ["imagery/composite_{period}.tif"]}},
-        "models": {"discovery": str(bright_model_dir), "impact": str(impact_model_dir)},
-        "detect": {"block_cells": 7},
-        "merge": {"isolated_threshold": 0.999, "isolation_k": 2, "isolation_km": 1.0},
-        "layers": {"registry": [{"file": "ref/concessions.gpkg", "label": "concessions", "id_column": "processo",
-                                 "name_column": "titular"}],
-                   "overlays": [{"file": "ref/protected.geojson", "name_column": "name", "kind": "indigenous"}],
-                   "match_distance_m": 100, "map_max_px": 256},
-    }
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(d)
+    write_tiny_config(
+        d, bright_model_dir, impact_model_dir,
+        merge={"isolated_threshold": 0.999, "isolation_k": 2, "isolation_km": 1.0},
+        layers={"registry": [{"file": "ref/concessions.gpkg", "label": "concessions", "id_column": "processo",
+                              "name_column": "titular"}],
+                "overlays": [{"file": "ref/protected.geojson", "name_column": "name", "kind": "indigenous"}],
+                "match_distance_m": 100, "map_max_px": 256})
+    run_snakemake(d)
     return d, squares
 
 
@@ -88,14 +65,14 @@ def test_dag_makes_the_layers(workflow):
     assert len(pd.read_csv(out / "unregistered.csv")) == 2
     html = (out / "map.html").read_text()
     assert len(re.findall(r'"className": "minescan-site ', html)) == len(squares)
-    r = snakemake(d, "-n")
+    r = run_snakemake(d, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
 def test_snakemake_report_is_one_shareable_file(workflow):
     d, _ = workflow
     report = d / "report.html"
-    snakemake(d, "--report", str(report))
+    run_snakemake(d, "--report", str(report))
     html = report.read_text()
     assert len(html) > (d / "results" / "tiny" / "2026Q1" / "map.html").stat().st_size  # the map is inside
     for text in ("map.html", "unregistered.csv", "areas.csv", "probability_histogram.png", "model_metrics.png",
@@ -105,7 +82,7 @@ def test_snakemake_report_is_one_shareable_file(workflow):
 
 def test_snakemake_report_zip_holds_every_registered_output(workflow):
     d, _ = workflow
-    snakemake(d, "--report", str(d / "report.zip"))
+    run_snakemake(d, "--report", str(d / "report.zip"))
     with zipfile.ZipFile(d / "report.zip") as z:
         names = {Path(n).name for n in z.namelist()}
     assert {"report.html", "map.html", "unregistered.csv", "areas.csv", "sites_annotated.csv",

@@ -18,22 +18,19 @@ import sys
 import time
 from pathlib import Path
 
-import geopandas as gpd
 import pytest
-import yaml
 from conftest import (
     ROOT,
-    SMALL_GRID,
     bright_square_fcn,
     constant_impact_cnn,
     grid_tile,
+    mine_squares,
+    run_snakemake,
     save_test_model,
-    write_scene,
+    write_tiny_config,
+    write_tiny_scene,
 )
-from shapely.geometry import box
-from test_incremental import run_snakemake, snapshot_workflow
-
-from minescan.grid import to_crs
+from test_incremental import snapshot_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
@@ -88,22 +85,8 @@ def cluster():
 
 
 def make_scan(d: Path, models: Path) -> Path:
-    squares = []
-    for t in TILES:
-        c0, r0, _, _ = t.core_px()
-        squares += [(c0 + 150, r0 + 150, c0 + 200, r0 + 200), (c0 + 450, r0 + 420, c0 + 500, r0 + 470)]
-    (d / "imagery").mkdir(parents=True)
-    write_scene(d / "imagery" / "composite_2026Q1.tif", TILES, squares=squares)
-    region = to_crs(box(*TILES[0].core_bounds[:2], *TILES[-1].core_bounds[2:]), TILES[0].id.epsg, 4326)
-    gpd.GeoDataFrame({"name": ["tiny"]}, geometry=[region.buffer(-0.0005)], crs=4326).to_file(d / "region.geojson")
-    cfg = {
-        "region": {"name": "tiny", "file": "region.geojson"}, "periods": ["2026Q1"],
-        "grid": {"tile_px": SMALL_GRID.tile_px, "halo_px": SMALL_GRID.halo_px, "resolution_m": 10},
-        "source": {"kind": "local", "local": {"paths": ["imagery/composite_{period}.tif"]}},
-        "models": {"discovery": str(models / "discovery"), "impact": str(models / "impact")},
-        "detect": {"block_cells": 7},
-    }
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_tiny_scene(d, TILES, mine_squares(TILES))
+    write_tiny_config(d, models / "discovery", models / "impact")
     return d
 
 

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import grid_tile
+from conftest import grid_tile, write_classified
 from pyproj import Geod
 from shapely.geometry import box
 
 from minescan.errors import ConfigError
-from minescan.grid import _transformer, cell_centres_utm, cells_in_core, to_crs
+from minescan.grid import _transformer, cells_in_core, to_crs
 from minescan.merge import merge_scan
 from minescan.spatial_prior import SpatialPrior, isolated_removals, kth_neighbour_distance_m
 
@@ -110,21 +110,6 @@ def test_bad_settings_are_config_errors():
 # ------------------------------------------------------------------------------------------ inside merge
 
 
-def _classified(tmp_path, cells, probs, impacts, tile):
-    e, n = cell_centres_utm(np.array([c[0] for c in cells]), np.array([c[1] for c in cells]), 10.0)
-    lon, lat = _transformer(tile.id.epsg, 4326).transform(e, n)
-    df = pd.DataFrame({
-        "cell_x": [c[0] for c in cells], "cell_y": [c[1] for c in cells], "zone": "21S", "tile": tile.name,
-        "quadrant": "NW", "easting": e, "northing": n, "lon": np.round(lon, 7), "lat": np.round(lat, 7),
-        "probability": probs, "p_high": [0.8 if i == "high" else 0.1 for i in impacts],
-        "p_low": [0.8 if i == "low" else 0.1 for i in impacts],
-        "p_no_ore": [0.8 if i == "no_ore" else 0.1 for i in impacts], "impact": impacts})
-    d = tmp_path / f"{tile.name}_NW"
-    d.mkdir(parents=True, exist_ok=True)
-    df.to_csv(d / "classified.csv", index=False)
-    return d / "classified.csv"
-
-
 @pytest.fixture
 def scan(tmp_path):
     tile = grid_tile()
@@ -133,8 +118,8 @@ def scan(tmp_path):
     cluster = [(x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)]  # one 2 x 2 site, p 0.7
     lone_high = (x0 + 8, y0 + 8)  # 7 diagonal cells (2.67 km) from the cluster
     lone_no_ore = (x0 + 8, y0)  # 1.89 km from the cluster, 2.16 km from lone_high
-    path = _classified(tmp_path, cluster + [lone_high, lone_no_ore], [0.7, 0.7, 0.7, 0.7, 0.8, 0.75],
-                       ["high"] * 5 + ["no_ore"], tile)
+    path = write_classified(tmp_path, cluster + [lone_high, lone_no_ore], [0.7, 0.7, 0.7, 0.7, 0.8, 0.75],
+                            ["high"] * 5 + ["no_ore"], tile)
     region = to_crs(box(*tile.core_bounds), tile.id.epsg, 4326)
     kw = dict(region_name="t", period="2026Q1", region_lonlat=region, tiles=[tile.name], quadrants=["x"],
               models={}, thresholds={"discovery": 0.6}, resolution_m=10.0)

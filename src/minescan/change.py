@@ -31,7 +31,6 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
-from html import escape
 from pathlib import Path
 
 import geopandas as gpd
@@ -45,6 +44,7 @@ from .config import PERIOD_RE, period_dates
 from .errors import ConfigError, InputDataError
 from .grid import to_crs, utm_epsg, zone_of
 from .io_utils import atomic_output, atomic_write_text
+from .merge import kml_placemark, kml_polygon_styles, write_kml_document
 from .vector_io import read_vector, write_vector
 
 log = logging.getLogger(__name__)
@@ -321,21 +321,14 @@ def _kml_polygons(geom) -> str:
 
 def write_change_kml(layer: gpd.GeoDataFrame, path, title: str, name_column: str) -> None:
     """Polygons coloured by status (red new, orange grown, blue shrunk, white unchanged, grey vanished)."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>', '<kml xmlns="http://www.opengis.net/kml/2.2">',
-           "<Document>", f"<name>{escape(title)}</name>"]
-    for status, colour in STATUS_COLOURS.items():
-        out.append(f'<Style id="{status}"><LineStyle><color>{colour}</color><width>2</width></LineStyle>'
-                   f"<PolyStyle><color>{'80' + colour[2:]}</color></PolyStyle></Style>")
     cols = [c for c in layer.columns if c != "geometry"]
+    placemarks = []
     for r in layer.itertuples(index=False):
         d = r._asdict()
-        table = "".join(f"<tr><td>{k}</td><td>{escape('' if d[k] is None else str(d[k]))}</td></tr>" for k in cols)
         name = d[name_column] or d.get("previous_site_id") or d["status"]
-        out.append(f"<Placemark><name>{escape(str(name))}</name><styleUrl>#{d['status']}</styleUrl>"
-                   f"<description><![CDATA[<table>{table}</table>]]></description>{_kml_polygons(r.geometry)}"
-                   "</Placemark>")
-    out += ["</Document>", "</kml>", ""]
-    atomic_write_text(path, "\n".join(out))
+        placemarks.append(kml_placemark(name, d["status"], [(k, "" if d[k] is None else d[k]) for k in cols],
+                                        _kml_polygons(r.geometry)))
+    write_kml_document(path, title, kml_polygon_styles(STATUS_COLOURS), placemarks)
 
 
 def _write_csv(layer: gpd.GeoDataFrame, path) -> None:

@@ -22,7 +22,6 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
 import geopandas as gpd
@@ -34,7 +33,7 @@ from shapely.geometry import box
 from .errors import ConfigError, InputDataError
 from .grid import utm_epsg, zone_of
 from .io_utils import atomic_write_text
-from .merge import KML_COLOURS, write_csv
+from .merge import KML_COLOURS, kml_placemark, kml_polygon_styles, write_csv, write_kml_document
 from .vector_io import read_vector, write_vector
 
 log = logging.getLogger(__name__)
@@ -306,21 +305,12 @@ def sort_unregistered(sites: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 def write_polygon_kml(sites: gpd.GeoDataFrame, path, title: str, fields: list[str]) -> None:
     """Site polygons styled by impact, with a description table of ``fields`` per site."""
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>', '<kml xmlns="http://www.opengis.net/kml/2.2">',
-             "<Document>", f"<name>{escape(title)}</name>"]
-    for impact, colour in KML_COLOURS.items():
-        fill = "80" + colour[2:]
-        parts.append(f'<Style id="{impact}"><LineStyle><color>{colour}</color><width>2</width></LineStyle>'
-                     f"<PolyStyle><color>{fill}</color></PolyStyle></Style>")
+    placemarks = []
     for r in sites.itertuples(index=False):
         row = r._asdict()
-        table = "".join(f"<tr><td>{k}</td><td>{escape(_fmt_value(row.get(k)))}</td></tr>" for k in fields)
-        parts.append(f"<Placemark><name>{escape(str(row['site_id']))}</name>"
-                     f"<styleUrl>#{escape(str(row['impact']))}</styleUrl>"
-                     f"<description><![CDATA[<table>{table}</table>]]></description>"
-                     f"{_kml_geometry(row[sites.geometry.name])}</Placemark>")
-    parts += ["</Document>", "</kml>", ""]
-    atomic_write_text(path, "\n".join(parts))
+        placemarks.append(kml_placemark(row["site_id"], row["impact"], [(k, _fmt_value(row.get(k))) for k in fields],
+                                        _kml_geometry(row[sites.geometry.name])))
+    write_kml_document(path, title, kml_polygon_styles(KML_COLOURS), placemarks)
 
 
 def _fmt_value(v) -> str:

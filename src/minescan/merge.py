@@ -108,25 +108,39 @@ def write_csv(df: pd.DataFrame, path) -> None:
         df.to_csv(tmp, index=False, lineterminator="\n")
 
 
+def write_kml_document(path, title: str, styles: list[str], placemarks: list[str]) -> None:
+    """A KML file: one document named ``title`` holding the ``<Style>`` and ``<Placemark>`` elements."""
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>', '<kml xmlns="http://www.opengis.net/kml/2.2">',
+             "<Document>", f"<name>{escape(title)}</name>", *styles, *placemarks, "</Document>", "</kml>", ""]
+    atomic_write_text(path, "\n".join(parts))
+
+
+def kml_polygon_styles(colours: dict[str, str]) -> list[str]:
+    """One ``<Style>`` per id in ``colours`` (KML aabbggrr): outline in the colour, fill half transparent."""
+    return [f'<Style id="{sid}"><LineStyle><color>{colour}</color><width>2</width></LineStyle>'
+            f"<PolyStyle><color>{'80' + colour[2:]}</color></PolyStyle></Style>" for sid, colour in colours.items()]
+
+
+def kml_placemark(name, style, fields, geometry: str) -> str:
+    """A placemark styled ``#style`` whose description is a table of the ``(label, value)`` pairs in ``fields``."""
+    table = "".join(f"<tr><td>{k}</td><td>{escape(str(v))}</td></tr>" for k, v in fields)
+    return (f"<Placemark><name>{escape(str(name))}</name><styleUrl>#{escape(str(style))}</styleUrl>"
+            f"<description><![CDATA[<table>{table}</table>]]></description>{geometry}</Placemark>")
+
+
 def write_kml(det: pd.DataFrame, path, title: str) -> None:
     """Points styled by impact (red high, yellow low), with a description balloon per detection."""
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>', '<kml xmlns="http://www.opengis.net/kml/2.2">',
-             "<Document>", f"<name>{escape(title)}</name>"]
-    for impact, colour in KML_COLOURS.items():
-        parts.append(f'<Style id="{impact}"><IconStyle><color>{colour}</color><scale>0.9</scale>'
-                     "<Icon><href>http://maps.google.com/mapfiles/kml/shapes/placemark_circle.png</href></Icon>"
-                     "</IconStyle></Style>")
-    for r in det.itertuples(index=False):
-        rows = "".join(f"<tr><td>{k}</td><td>{escape(str(v))}</td></tr>" for k, v in (
+    styles = [f'<Style id="{impact}"><IconStyle><color>{colour}</color><scale>0.9</scale>'
+              "<Icon><href>http://maps.google.com/mapfiles/kml/shapes/placemark_circle.png</href></Icon>"
+              "</IconStyle></Style>" for impact, colour in KML_COLOURS.items()]
+    placemarks = [
+        kml_placemark(r.site_id, r.impact, (
             ("site", r.site_id), ("probability", f"{r.probability:.3f}"), ("impact", r.impact),
             ("p(high)", _fmt(r.p_high)), ("p(low)", _fmt(r.p_low)), ("p(no ore)", _fmt(r.p_no_ore)),
-            ("tile", r.tile), ("quadrant", r.quadrant), ("lon, lat", f"{r.lon:.6f}, {r.lat:.6f}")))
-        parts.append(
-            f"<Placemark><name>{escape(r.site_id)}</name><styleUrl>#{escape(r.impact)}</styleUrl>"
-            f"<description><![CDATA[<table>{rows}</table>]]></description>"
-            f"<Point><coordinates>{r.lon:.7f},{r.lat:.7f},0</coordinates></Point></Placemark>")
-    parts += ["</Document>", "</kml>", ""]
-    atomic_write_text(path, "\n".join(parts))
+            ("tile", r.tile), ("quadrant", r.quadrant), ("lon, lat", f"{r.lon:.6f}, {r.lat:.6f}")),
+            f"<Point><coordinates>{r.lon:.7f},{r.lat:.7f},0</coordinates></Point>")
+        for r in det.itertuples(index=False)]
+    write_kml_document(path, title, styles, placemarks)
 
 
 def _fmt(v) -> str:
