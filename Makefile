@@ -33,7 +33,7 @@ test: $(STAMP)
 	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && bash scripts/slurm-local.sh start \
 	  || echo "make test: the local SLURM cluster did not start (tests/test_slurm.py will fail or skip)"; fi
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh stop || true; fi; exit $$rc
 
 bench: $(STAMP)
