@@ -520,6 +520,14 @@ class InferenceStats:
     extra: dict = field(default_factory=dict)
 
 
+def _output_size(h: int, w: int, kernel, strides, padding: str) -> tuple[int, int]:
+    """Height and width after a Keras convolution or pooling window with these settings."""
+    (kh, kw), (sh, sw) = kernel, strides
+    if padding == "same":
+        return -(-h // sh), -(-w // sw)
+    return (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
 def fcn_flops(network, height: int, width: int) -> float:
     """Analytical FLOPs (2 x multiply-adds of the convolutions and dense layers) of one forward pass of
     ``network`` on a ``height`` x ``width`` input; pools, activations and softmax are not counted."""
@@ -533,20 +541,11 @@ def fcn_flops(network, height: int, width: int) -> float:
             continue
         if type(la) is L.Conv2D:
             kh, kw = la.kernel_size
-            sh, sw = la.strides
-            if la.padding == "same":
-                h, w = -(-h // sh), -(-w // sw)
-            else:
-                h, w = (h - kh) // sh + 1, (w - kw) // sw + 1
+            h, w = _output_size(h, w, la.kernel_size, la.strides, la.padding)
             total += 2.0 * kh * kw * c * la.filters * h * w
             c = la.filters
         elif isinstance(la, L.MaxPooling2D | L.AveragePooling2D):
-            ph, pw = la.pool_size
-            sh, sw = la.strides
-            if la.padding == "same":
-                h, w = -(-h // sh), -(-w // sw)
-            else:
-                h, w = (h - ph) // sh + 1, (w - pw) // sw + 1
+            h, w = _output_size(h, w, la.pool_size, la.strides, la.padding)
         elif isinstance(la, L.Flatten):
             c, h, w = c * h * w, 1, 1
         elif isinstance(la, L.Dense):
