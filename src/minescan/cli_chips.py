@@ -67,10 +67,8 @@ def evaluate_chips_command(args) -> int:
     tta = _tta_for(args, model.card)
     if args.threshold is not None:
         threshold = float(args.threshold)
-    elif tta == "none" and model.card.get("tta", "none") != "none" and "threshold_without_tta" in model.card:
-        threshold = float(model.card["threshold_without_tta"])  # chosen for single-pass scores
-    else:
-        threshold = model.threshold
+    else:  # single-pass scores take the threshold chosen for them
+        threshold = model.scan_threshold if tta == "none" else model.threshold
     t0 = time.perf_counter()
     scores = cs.score_chips(model, chips.x, tta=tta)
     seconds = time.perf_counter() - t0

@@ -82,7 +82,7 @@ class LoadedModel:
 def scan_threshold(card: dict) -> float:
     """A card whose ``threshold`` was chosen on test-time-augmented chip scores (``tta``) also records
     ``threshold_without_tta``, which is the one that applies to a scan's single pass per cell."""
-    if card.get("tta") and "threshold_without_tta" in card:
+    if card.get("tta", "none") != "none" and "threshold_without_tta" in card:
         return float(card["threshold_without_tta"])
     return float(card.get("threshold", 0.6))
 

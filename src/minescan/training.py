@@ -64,12 +64,12 @@ def extract_chips(points: pd.DataFrame, images: list, window: int, bands: list[s
     chips, valids, used = [], [], []
     remaining = set(range(len(points)))
     for image in images:
+        if not remaining:
+            break
         with TileRaster(image) as raster:
             idx = raster.band_indices(bands)
             to_img = Transformer.from_crs(4326, raster.ds.crs, always_xy=True)
             todo = np.array(sorted(remaining), dtype=np.int64)
-            if len(todo) == 0:
-                break
             xs, ys = to_img.transform(points["lon"].to_numpy()[todo], points["lat"].to_numpy()[todo])
             cols, rows = ~raster.ds.transform @ (np.asarray(xs), np.asarray(ys))
             c0s = np.floor(cols).astype(np.int64) - window // 2
