@@ -6,8 +6,8 @@ import os
 import sys
 
 from minescan import config as cfgmod
-from minescan.change import scan_periods
-from minescan.plan import scan_plan
+from minescan.periods import scan_periods
+from minescan.scan.plan import scan_plan
 
 # Rules call the `minescan` CLI installed beside the Python running Snakemake (e.g. .venv/bin), even when
 # that environment is not activated.
@@ -28,7 +28,7 @@ config.update(cfgmod.validate(config, "config (--configfile/--config)"))
 PLAN = scan_plan(config)
 R = config["results_dir"]
 REGION = config["region"]["name"]
-PERIODS = config["periods"] = scan_periods(config)  # periods + schedule, oldest first
+PERIODS = scan_periods(config)  # periods + schedule, expanded by the config loader, oldest first
 
 
 include: "rules/common.smk"

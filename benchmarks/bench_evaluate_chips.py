@@ -35,7 +35,7 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from minescan.cli_chips import main as cli
+    from minescan.cli import run as cli
 
     rng = np.random.default_rng(0)
     if DEV.is_file():

@@ -131,7 +131,7 @@ def write_tile(path: Path, tile_px: int) -> float:
 
     from minescan import SENTINEL2_BANDS
     from minescan.grid import GridSpec, Tile, TileId
-    from minescan.tiles import TILE_PROFILE
+    from minescan.sources.local import TILE_PROFILE
 
     tile = Tile(TileId.parse(tile_id(tile_px)), GridSpec(tile_px, 10.0, HALO))
     size = tile.size_px
@@ -155,7 +155,7 @@ def write_tile(path: Path, tile_px: int) -> float:
 
 def patch_cnn():
     """A production-style 48 px patch classifier of ~830k parameters."""
-    from minescan.networks import _keras
+    from minescan.models.networks import _keras
 
     keras = _keras()
     L = keras.layers
@@ -178,8 +178,8 @@ PATCH_CNN_TEXT = ("48x48x12 -> Conv32 3x3 same -> MaxPool2 -> Conv64 3x3 same ->
 
 def save_models(d: Path) -> tuple[Path, Path]:
     from minescan import SENTINEL2_BANDS
-    from minescan.model_io import save_model
-    from minescan.networks import _keras, build_discovery_fcn, build_impact_cnn
+    from minescan.models.networks import _keras, build_discovery_fcn, build_impact_cnn
+    from minescan.models.store import save_model
 
     _keras().utils.set_random_seed(5)
     norm = {"clip_max": None, "mean": MEAN, "std": STD}
@@ -214,7 +214,7 @@ def _tile(tile_px):
 
 def _span(tile, quadrant, core=None):
     from minescan.grid import cells_in_core
-    from minescan.networks import FcnGeometry
+    from minescan.models.networks import FcnGeometry
 
     g = FcnGeometry(201)
     kx, ky = cells_in_core(core or tile.quadrant_core_px(quadrant))
@@ -229,12 +229,12 @@ def child_startup(fcn: str, impact: str, region: str) -> dict:
     from minescan.cli import build_parser
 
     build_parser()
-    import minescan.detect  # noqa: F401
-    from minescan.inference import import_keras_lean
+    import minescan.scan.detect  # noqa: F401
+    from minescan.scan.inference import import_keras_lean
 
     import_keras_lean()
     t1 = time.perf_counter()
-    from minescan.model_io import load_model
+    from minescan.models.store import load_model
     from minescan.vector_io import read_region
 
     load_model(fcn, expect_kind="discovery")
@@ -245,10 +245,10 @@ def child_startup(fcn: str, impact: str, region: str) -> dict:
 
 def child_notebook(tile_path: str, tile_px: str, fcn: str, impact: str, frac: str, grid_out: str) -> dict:
     """(a) whole span as float32, FCN on all of it, impact CNN once per candidate point."""
-    from minescan.detect import open_tile
-    from minescan.inference import MIN_VALID_FRACTION, fcn_flops
-    from minescan.model_io import load_model
-    from minescan.networks import STRIDE
+    from minescan.models.networks import STRIDE
+    from minescan.models.store import load_model
+    from minescan.scan.detect import open_tile
+    from minescan.scan.inference import MIN_VALID_FRACTION, fcn_flops
 
     tile = _tile(int(tile_px))
     g, kx, ky, (c0, r0, c1, r1) = _span(tile, "NW")
@@ -295,8 +295,8 @@ def child_patchcnn(tile_path: str, tile_px: str) -> dict:
     """(b) 48 px patches at a 24 px stride over the quadrant core, each classified independently."""
     import rasterio
 
-    from minescan.detect import open_tile
-    from minescan.inference import Normalisation, fcn_flops
+    from minescan.scan.detect import open_tile
+    from minescan.scan.inference import Normalisation, fcn_flops
 
     tile = _tile(int(tile_px))
     net = patch_cnn()
@@ -324,9 +324,9 @@ def child_tile(tile_path: str, tile_px: str, fcn: str) -> dict:
     """One job over the whole tile core (all four quadrants' cells at once), streamed like a quadrant."""
     import rasterio
 
-    from minescan.detect import gdal_cache_bytes, open_tile, quadrant_probabilities
-    from minescan.inference import InferenceStats, import_keras_lean
-    from minescan.model_io import load_model
+    from minescan.models.store import load_model
+    from minescan.scan.detect import gdal_cache_bytes, open_tile, quadrant_probabilities
+    from minescan.scan.inference import InferenceStats, import_keras_lean
 
     import_keras_lean()
     tile = _tile(int(tile_px))
@@ -406,8 +406,8 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from minescan.inference import fcn_flops
-    from minescan.networks import build_impact_cnn
+    from minescan.models.networks import build_impact_cnn
+    from minescan.scan.inference import fcn_flops
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB; TensorFlow {tf.__version__}, "

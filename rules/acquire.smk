@@ -49,6 +49,32 @@ rule demo_training_scene:
         "--sites-per-tile {params.sites} {params.grid} --scene {output.scene} --truth {output.truth} "
         "--points {output.points} 2> {log}"
 
+rule demo_reference_layers:
+    """SIMULATED concession and dam registries, protected areas and municipalities drawn from the demo truth."""
+    input:
+        truth=f"{SCAN}/source/demo_truth.gpkg",
+        region=config["region"]["file"],
+    output:
+        concessions=f"{SCAN}/source/demo_concessions.gpkg",
+        dams=f"{SCAN}/source/demo_dams.gpkg",
+        indigenous=f"{SCAN}/source/demo_indigenous.gpkg",
+        conservation=f"{SCAN}/source/demo_conservation.gpkg",
+        admin=f"{SCAN}/source/demo_admin.gpkg",
+    conda:
+        ENV
+    log:
+        f"{LOGS}/demo_reference_layers.log",
+    params:
+        seed=config["source"]["demo"]["seed"],
+        layer=REGION_LAYER_ARG,
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "minescan demo-layers --truth {input.truth} --region {input.region} {params.layer} --seed {params.seed} "
+        "--concessions {output.concessions} --dams {output.dams} --indigenous {output.indigenous} "
+        "--conservation {output.conservation} --admin {output.admin} 2> {log}"
+
 
 if config["source"]["kind"] in ("demo", "local"):
 

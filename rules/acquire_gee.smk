@@ -1,7 +1,7 @@
 # Acquire from Google Earth Engine (source.kind: gee): one cloud-masked Sentinel-2 median composite per
 # grid tile (core + halo) and period, fetched by `minescan gee tile` (docs/earth-engine.md).
 #
-# Credentials are checked when this file is parsed (minescan.gee.workflow.rule_spec): a missing or
+# Credentials are checked when this file is parsed (minescan.sources.gee.workflow.rule_spec): a missing or
 # unreadable key, or no project, stops the workflow before any job is scheduled, saying what to set.
 #
 # No needless re-downloads: the rule has no file inputs (nothing upstream can make a tile look outdated),
@@ -9,7 +9,7 @@
 # definition, making the output a hard link to it. A tile job rerun because this rule's code or params
 # changed (or --forcerun) is served from that cache without network; only new tiles, new periods or a
 # changed composite definition are fetched. Unfinished tiles resume from their stored blocks/download.
-from minescan.gee.workflow import rule_spec
+from minescan.sources.gee.workflow import rule_spec
 
 
 if config["source"]["kind"] == "gee":

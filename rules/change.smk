@@ -1,8 +1,8 @@
 # Change: every scan of a region after its first period against the previous period (new, grown, shrunk,
 # unchanged, vanished sites, with area differences), and the cumulative layer of every site since the
 # first period. Sites are matched by polygon overlap, not by id (ids move when a site grows). The work is
-# in src/minescan/change.py; settings: config key `change`.
-from minescan.change import periods_up_to
+# in src/minescan/layers/change.py; settings: config key `change`.
+from minescan.periods import periods_up_to
 
 
 rule change:

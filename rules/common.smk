@@ -1,7 +1,7 @@
 # Shared values and input functions for the rules. Nothing here does work: it only names paths and the
 # CLI arguments derived from the validated config.
 from minescan.grid import QUADRANTS
-from minescan.tiles import expand_sources, sources_for_tile
+from minescan.sources.local import expand_sources, sources_for_tile
 
 
 wildcard_constraints:
@@ -20,6 +20,8 @@ GRID_ARGS = (
     f"--resolution-m {config['grid']['resolution_m']}"
 )
 SCALE = config["source"]["reflectance_scale"]
+# the region file's layer, for every command that reads the region
+REGION_LAYER_ARG = f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else ""
 DISCOVERY = config["models"]["discovery"]
 IMPACT = config["models"]["impact"]
 

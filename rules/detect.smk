@@ -47,7 +47,7 @@ rule detect:
             if input.impact
             else ""
         ),
-        layer=f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else "",
+        layer=REGION_LAYER_ARG,
     threads: 2
     resources:
         mem_mb=int(1000 + 1.25 * config["detect"]["max_block_mb"]),

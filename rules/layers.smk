@@ -1,42 +1,15 @@
 # Layers an analyst acts on, from one scan's sites: registry cross-check (registered / unregistered sites),
 # protected-land and admin overlays (mined area per area), the self-contained map.html, and the plots and
 # tables of `snakemake --report`. Settings: config key `layers` (docs/layers.md).
-from minescan.layers import reference_files, resolved_settings
+from minescan.layers.overlays import reference_files, resolved_settings
 
 
 report: "../report/workflow.rst"
 
 
-REGION_LAYER_ARG = f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else ""
 LAYERS_OUTPUTS = ["layers.json", "report/summary_table.csv"] + (["map.html"] if config["layers"]["map"] else [])
 LAYERS_TARGETS = [f"{R}/{REGION}/{p}/{name}" for p in PERIODS for name in LAYERS_OUTPUTS]
 
-
-rule demo_reference_layers:
-    """SIMULATED concession and dam registries, protected areas and municipalities drawn from the demo truth."""
-    input:
-        truth=f"{SCAN}/source/demo_truth.gpkg",
-        region=config["region"]["file"],
-    output:
-        concessions=f"{SCAN}/source/demo_concessions.gpkg",
-        dams=f"{SCAN}/source/demo_dams.gpkg",
-        indigenous=f"{SCAN}/source/demo_indigenous.gpkg",
-        conservation=f"{SCAN}/source/demo_conservation.gpkg",
-        admin=f"{SCAN}/source/demo_admin.gpkg",
-    conda:
-        ENV
-    log:
-        f"{LOGS}/demo_reference_layers.log",
-    params:
-        seed=config["source"]["demo"]["seed"],
-        layer=REGION_LAYER_ARG,
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    shell:
-        "minescan demo-layers --truth {input.truth} --region {input.region} {params.layer} --seed {params.seed} "
-        "--concessions {output.concessions} --dams {output.dams} --indigenous {output.indigenous} "
-        "--conservation {output.conservation} --admin {output.admin} 2> {log}"
 
 
 rule layers:

@@ -30,7 +30,7 @@ rule merge:
         drop="--drop-no-ore" if config["classify"]["drop_no_ore"] else "--no-drop-no-ore",
         connectivity=config["merge"]["connectivity"],
         truth=lambda wc, input: f"--truth {input.truth}" if input.truth else "",
-        layer=f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else "",
+        layer=REGION_LAYER_ARG,
         prior=(
             f"--isolated-threshold {config['merge']['isolated_threshold']} "
             f"--isolation-k {config['merge']['isolation_k']} --isolation-km {config['merge']['isolation_km']}"

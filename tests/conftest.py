@@ -34,7 +34,7 @@ MINE_DN = 5000  # reflectance 0.5
 
 def bright_square_fcn(n_bands: int = 12, window: int = 201):
     """Published FCN, weights set so P(mine) ~ 1 where band 0 reflectance > 0.25 near the cell centre."""
-    from minescan.networks import build_discovery_fcn
+    from minescan.models.networks import build_discovery_fcn
 
     net = build_discovery_fcn(n_bands, window)
     for layer in net.layers:
@@ -54,7 +54,7 @@ def bright_square_fcn(n_bands: int = 12, window: int = 201):
 
 def constant_impact_cnn(n_bands: int = 12, label: int = 0):
     """Published impact CNN that always answers ``label`` (0 high, 1 low, 2 no ore)."""
-    from minescan.networks import build_impact_cnn
+    from minescan.models.networks import build_impact_cnn
 
     net = build_impact_cnn(n_bands)
     last = net.get_layer("softmax")
@@ -67,7 +67,7 @@ def constant_impact_cnn(n_bands: int = 12, label: int = 0):
 
 
 def save_test_model(path: Path, kind: str, network, bands=SENTINEL2_BANDS, window=None, threshold=0.6):
-    from minescan.model_io import save_model
+    from minescan.models.store import save_model
 
     card = {
         "kind": kind, "name": path.name, "bands": list(bands),

@@ -11,12 +11,12 @@ from shapely.geometry import box
 
 from minescan import SENTINEL2_BANDS
 from minescan import config as cfgmod
-from minescan.detect import run_detect
 from minescan.errors import BandMismatchError, ConfigError, InputDataError, ModelError, NoDataError
 from minescan.grid import to_crs
-from minescan.model_io import load_model
-from minescan.networks import build_discovery_fcn
-from minescan.tiles import TileRaster, make_tile
+from minescan.models.networks import build_discovery_fcn
+from minescan.models.store import load_model
+from minescan.scan.detect import run_detect
+from minescan.sources.local import TileRaster, make_tile
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,13 @@ import yaml
 from shapely.geometry import box
 
 from minescan import config as cfgmod
-from minescan.change import (
+from minescan.errors import ConfigError, InputDataError
+from minescan.layers.change import (
     compare_sites,
     cumulative_sites,
-    expand_schedule,
-    previous_period,
     run_change,
-    scan_periods,
 )
-from minescan.errors import ConfigError, InputDataError
+from minescan.periods import expand_schedule, previous_period, scan_periods
 
 EPSG = 32721  # UTM 21S, where the test grid lives
 X0, Y0 = 500_000.0, 9_300_000.0
@@ -170,7 +168,7 @@ def test_schedule_expands_into_periods():
     assert previous_period(scan_periods(cfg), "2026Q4") == "2026Q2"
     with pytest.raises(ConfigError, match="no period to scan"):
         scan_periods(cfgmod.validate({"region": {"name": "x", "file": "r"},
-                                      "schedule": {"every": "quarter", "from": "2026Q1"}}), dt.date(2026, 2, 1))
+                                      "schedule": {"every": "quarter", "from": "2026Q1"}}, today=dt.date(2026, 2, 1)))
     with pytest.raises(ConfigError, match="schedule"):
         cfgmod.validate({"region": {"name": "x", "file": "r"}, "schedule": {"every": "month", "from": "2026Q1"}})
 
@@ -186,7 +184,7 @@ def test_periods_command_prints_the_schedule(tmp_path):
 
 
 def test_demo_scene_evolves_with_the_period_and_keeps_the_first():
-    from minescan.demo import demo_steps, simulate_scene
+    from minescan.sources.demo import demo_steps, simulate_scene
 
     assert [demo_steps(p) for p in ("", "2025", "2025Q4", "2026Q1", "2026Q2", "2026", "2027Q1")] == \
         [0, 0, 0, 0, 1, 3, 4]

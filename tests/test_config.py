@@ -5,6 +5,7 @@ import yaml
 
 from minescan import config as cfgmod
 from minescan.errors import ConfigError
+from minescan.periods import period_dates
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def test_defaults_are_filled_in():
                                           ("2026Q4", ("2026-10-01", "2027-01-01")),
                                           ("2025", ("2025-01-01", "2026-01-01"))])
 def test_period_dates(period, dates):
-    assert cfgmod.period_dates(period) == dates
+    assert period_dates(period) == dates
 
 
 def test_bad_period_and_odd_tile():

@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from minescan.chip_scoring import binary_metrics, threshold_at_specificity
-from minescan.cli_chips import main
+from minescan.cli import run as main
+from minescan.models.score_chips import binary_metrics, threshold_at_specificity
 
 W = 20.0
 THRESHOLD = 0.8
@@ -36,8 +36,8 @@ def expected_scores():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from minescan.model_io import save_model
-    from minescan.networks import build_discovery_fcn
+    from minescan.models.networks import build_discovery_fcn
+    from minescan.models.store import save_model
 
     net = build_discovery_fcn(3, 48, widths=(1, 1, 1, 1), dropout=0.0, name="tiny")
     for layer in net.layers:
@@ -193,7 +193,7 @@ def test_missing_model_is_a_clear_error(tmp_path, labelled, capsys):
 
 def test_error_from_a_real_process_has_no_traceback(tmp_path):
     path = write_chips(tmp_path / "bad.npz", x=GOOD_X, y=np.zeros(5, dtype=np.int8))
-    proc = subprocess.run([sys.executable, "-m", "minescan.cli_chips", "evaluate-chips", "--model", "m",
+    proc = subprocess.run([sys.executable, "-m", "minescan.cli", "evaluate-chips", "--model", "m",
                            "--chips", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -29,15 +29,15 @@ from test_gee_fakes import (
 
 from minescan import config as cfgmod
 from minescan.errors import ConfigError, InputDataError
-from minescan.gee import compute_pixels as cp
-from minescan.gee import export as ex
-from minescan.gee.chips import chip_frame, fetch_chips, read_chip_points
-from minescan.gee.composite import build_composite, qa60_gap_warning, rectangle
-from minescan.gee.recorder import RecordingEE
-from minescan.gee.retry import Retrier, is_retryable
-from minescan.gee.settings import REQUEST_LIMIT_BYTES, GeeSettings
-from minescan.gee.tiles import acquire_tile, tile_bounds
 from minescan.grid import GridSpec, Tile, TileId
+from minescan.sources.gee import compute_pixels as cp
+from minescan.sources.gee import export as ex
+from minescan.sources.gee.chips import chip_frame, fetch_chips, read_chip_points
+from minescan.sources.gee.composite import build_composite, qa60_gap_warning, rectangle
+from minescan.sources.gee.recorder import RecordingEE
+from minescan.sources.gee.retry import Retrier, is_retryable
+from minescan.sources.gee.settings import REQUEST_LIMIT_BYTES, GeeSettings
+from minescan.sources.gee.tiles import acquire_tile, tile_bounds
 
 GRID = GridSpec(tile_px=512, resolution_m=10.0, halo_px=64)  # 640 x 640 px tiles: quick
 TILE = Tile(TileId(21, "S", 93, 1440), GRID)
@@ -598,7 +598,7 @@ def test_chips_are_centred_consistent_and_train_ready(tmp_path, caplog):
     assert all("filterDate('2020-01-01', '2021-01-01')" in repr(req["expression"]) for req in data.requests)
 
     # what `minescan train` does with them
-    from minescan.training import extract_chips, read_points
+    from minescan.models.train_points import extract_chips, read_points
 
     train_points = read_points(out / "points.csv")
     for window, folder in ((201, "201px"), (21, "21px")):

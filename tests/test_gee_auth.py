@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from test_gee_fakes import FakeEE
 
-from minescan.gee.auth import (
+from minescan.sources.gee.auth import (
     GeeAuthError,
     RedactingFilter,
     initialize,
@@ -19,7 +19,7 @@ from minescan.gee.auth import (
     register_secret,
     resolve_auth,
 )
-from minescan.gee.settings import HIGH_VOLUME_URL, GeeSettings
+from minescan.sources.gee.settings import HIGH_VOLUME_URL, GeeSettings
 
 SECRET = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCSUPERSECRETKEYMATERIAL0123456789"
 PEM = f"-----BEGIN PRIVATE KEY-----\n{SECRET}\nAAAABBBBCCCCDDDDEEEEFFFF00001111\n-----END PRIVATE KEY-----\n"

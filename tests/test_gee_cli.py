@@ -16,13 +16,13 @@ import yaml
 from test_gee_auth import PEM, SECRET, sa_key
 from test_gee_fakes import BANDS, FakeEE, expected_tile
 
-import minescan.gee as gee_pkg
+import minescan.sources.gee as gee_pkg
 from minescan import config as cfgmod
 from minescan.cli import main
-from minescan.gee import auth as auth_mod
-from minescan.gee.settings import GeeSettings
-from minescan.gee.tiles import acquire_tile
-from minescan.plan import scan_plan
+from minescan.scan.plan import scan_plan
+from minescan.sources.gee import auth as auth_mod
+from minescan.sources.gee.settings import GeeSettings
+from minescan.sources.gee.tiles import acquire_tile
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -232,7 +232,7 @@ def _live_auth():
                            "`earthengine authenticate`)")
 def test_live_chip_from_earth_engine(tmp_path):
     """One 21 px chip near Itaituba (Tapajos) from the real service: the whole path, end to end."""
-    from minescan.gee.chips import fetch_chips, read_chip_points
+    from minescan.sources.gee.chips import fetch_chips, read_chip_points
 
     auth_mod.initialize(_live_auth())
     points = tmp_path / "p.csv"

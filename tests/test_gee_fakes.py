@@ -1,6 +1,6 @@
 """Fakes of Earth Engine and Cloud Storage for the gee tests (no test in here; imported by test_gee*.py).
 
-- ``FakeEE``: the expression recorder of :mod:`minescan.gee.recorder` plus ``data.computePixels`` (answers
+- ``FakeEE``: the expression recorder of :mod:`minescan.sources.gee.recorder` plus ``data.computePixels`` (answers
   a known pattern of the *global* grid pixel, so values and georeferencing can both be checked),
   ``data.getOperation`` / ``listOperations``, ``batch.Export.image.toCloudStorage`` / ``toDrive`` (the
   "export" writes GeoTIFF pieces into a bucket directory) and ``Initialize``.
@@ -23,7 +23,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from minescan.gee.recorder import RecordingEE
+from minescan.sources.gee.recorder import RecordingEE
 
 BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12"]
 

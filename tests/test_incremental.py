@@ -26,7 +26,7 @@ from shapely.ops import unary_union
 from test_integration import job_counts
 
 from minescan.grid import to_crs
-from minescan.tiles import sources_for_tile
+from minescan.sources.local import sources_for_tile
 
 pytestmark = pytest.mark.slow
 A, E = grid_tile(93, 1440), grid_tile(95, 1440)  # tile 94 lies between them: their halos do not meet

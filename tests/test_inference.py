@@ -1,7 +1,7 @@
 """Streamed and block-wise FCN inference equal one whole-array forward pass, with bounded memory.
 
 The reference is the plain path: the whole input span normalised exactly as the model card says
-(:func:`minescan.model_io.normalise`) and pushed through the loaded Keras network in one call.
+(:func:`minescan.models.store.normalise`) and pushed through the loaded Keras network in one call.
 """
 
 import subprocess
@@ -15,7 +15,11 @@ from conftest import bright_square_fcn, grid_tile, save_test_model, write_scene
 from shapely.geometry import box
 
 from minescan import SENTINEL2_BANDS
-from minescan.detect import (
+from minescan.errors import InputDataError
+from minescan.grid import to_crs
+from minescan.models.networks import STRIDE, FcnGeometry, build_discovery_fcn, build_impact_cnn
+from minescan.models.store import load_model, normalise
+from minescan.scan.detect import (
     _patch_groups,
     iter_impact_patches,
     lazy_model,
@@ -23,9 +27,7 @@ from minescan.detect import (
     run_classify,
     run_detect,
 )
-from minescan.errors import InputDataError
-from minescan.grid import to_crs
-from minescan.inference import (
+from minescan.scan.inference import (
     MIN_VALID_FRACTION,
     InferenceStats,
     Normalisation,
@@ -34,9 +36,7 @@ from minescan.inference import (
     stream_chunk_cells,
     stream_net,
 )
-from minescan.model_io import load_model, normalise
-from minescan.networks import STRIDE, FcnGeometry, build_discovery_fcn, build_impact_cnn
-from minescan.tiles import TileRaster, make_tile
+from minescan.sources.local import TileRaster, make_tile
 
 H, W = 900, 1000  # the in-memory "tile": global pixels [0, W) x [0, H), nodata beyond
 
@@ -227,7 +227,7 @@ def test_strip_height_follows_the_memory_budget(fcn):
 
 def test_config_keys_and_code_defaults_agree():
     from minescan import config
-    from minescan.inference import DEFAULT_MAX_BLOCK_MB
+    from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB
 
     d = config.schema()["properties"]["detect"]["properties"]
     d = {k: v["default"] for k, v in d.items()}
@@ -423,13 +423,13 @@ def test_detect_rates_candidates_once_and_classify_copies_them(tmp_path, scene_t
     fcn_model, impact = models
     region = to_crs(box(*t.core_bounds), t.id.epsg, 4326)
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    with caplog.at_level(logging.INFO, logger="minescan.detect"):
+    with caplog.at_level(logging.INFO, logger="minescan.scan.detect"):
         run_detect(path, t, "NW", fcn_model, region, 1e-4, None, 1, a / "p.tif", a / "c.csv", impact=impact,
                    impact_batch_size=5)
     n = len(pd.read_csv(a / "c.csv"))
     assert n > 5 and f"{n} candidates rated during the FCN stream, 0 from patches read again" in caplog.text
     run_detect(path, t, "NW", fcn_model, region, 1e-4, None, None, b / "p.tif", b / "c.csv")
-    with caplog.at_level(logging.INFO, logger="minescan.detect"):  # no stream: all from patches read again
+    with caplog.at_level(logging.INFO, logger="minescan.scan.detect"):  # no stream: all from patches read again
         run_detect(path, t, "NW", fcn_model, region, 1e-4, None, None, c / "p.tif", c / "c.csv", impact=impact,
                    method="blocks")
     assert f"0 candidates rated during the FCN stream, {n} from patches read again" in caplog.text
@@ -458,8 +458,8 @@ def test_memory_bounded_detections_equal_the_plain_path_on_the_demo_scene(tmp_pa
     quadrant streamed with a 16 MB budget gives the same detections and probabilities as one whole-span pass."""
     import keras
 
-    from minescan.demo import scene_bounds_for_tiles, simulate_scene
-    from minescan.demo import write_scene as write_demo_scene
+    from minescan.sources.demo import scene_bounds_for_tiles, simulate_scene
+    from minescan.sources.demo import write_scene as write_demo_scene
 
     t = grid_tile()
     bounds, epsg = scene_bounds_for_tiles([t], margin_px=64)

@@ -14,7 +14,7 @@ from shapely.geometry import Point, box
 
 from minescan.cli import main
 from minescan.errors import ConfigError, InputDataError
-from minescan.layers import (
+from minescan.layers.overlays import (
     annotate_sites,
     cross_check,
     load_layer,
@@ -200,7 +200,7 @@ def test_cli_layers(vectors, tmp_path, capsys):
 
 
 def test_demo_reference_layers_are_drawn_from_the_truth():
-    from minescan.demo_layers import simulate_reference_layers
+    from minescan.sources.demo_layers import simulate_reference_layers
 
     region = box(-56.05, -6.07, -55.88, -5.89)
     pts = [(-56.0 + 0.01 * i, -6.0 + 0.005 * i) for i in range(6)]

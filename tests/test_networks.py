@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from minescan.networks import STRIDE, FcnGeometry, build_discovery_fcn, build_impact_cnn
+from minescan.models.networks import STRIDE, FcnGeometry, build_discovery_fcn, build_impact_cnn
 
 
 def test_published_parameter_counts_for_12_bands():

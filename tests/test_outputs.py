@@ -11,7 +11,7 @@ from conftest import grid_tile, write_classified
 from shapely.geometry import box
 
 from minescan.grid import _transformer, cell_centres_utm, to_crs
-from minescan.merge import merge_scan
+from minescan.scan.merge import merge_scan
 
 
 @pytest.fixture

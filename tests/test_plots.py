@@ -11,9 +11,9 @@ from PIL import Image
 from shapely.geometry import box
 
 from minescan.grid import _transformer, cell_centres_utm, cells_in_core, to_crs
-from minescan.merge import merge_scan
-from minescan.plots import PLOTS, TABLE, make_plots, summary_table
-from minescan.spatial_prior import SpatialPrior
+from minescan.layers.plots import PLOTS, TABLE, make_plots, summary_table
+from minescan.scan.merge import merge_scan
+from minescan.scan.spatial_prior import SpatialPrior
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ needs_dev = pytest.mark.skipif(not DEV.is_file(), reason=f"real chips not availa
 
 @pytest.fixture(scope="module")
 def model():
-    from minescan.model_io import load_model
+    from minescan.models.store import load_model
 
     return load_model(MODEL, expect_kind="discovery")
 
@@ -79,7 +79,7 @@ def test_fully_convolutional_with_stride_27(model):
 
 @needs_dev
 def test_reference_scores_reproduce(model):
-    from minescan.chip_scoring import score_chips
+    from minescan.models.score_chips import score_chips
 
     ref = model.card["reference_scores"]
     d = np.load(DEV)
@@ -91,8 +91,8 @@ def test_reference_scores_reproduce(model):
 @needs_dev
 def test_evaluate_chips_on_dev_sample(model, tmp_path, capsys):
     """The CLI on a fixed 200-chip sample of dev: same scores as the library, sane metrics, per-source rates."""
-    from minescan.chip_scoring import score_chips
-    from minescan.cli_chips import main
+    from minescan.cli import run as main
+    from minescan.models.score_chips import score_chips
 
     d = np.load(DEV)
     idx = np.random.default_rng(3).choice(len(d["y"]), 200, replace=False)
@@ -114,7 +114,7 @@ def test_evaluate_chips_on_dev_sample(model, tmp_path, capsys):
 # --- the training code (fast: tiny networks, synthetic chips) ---------------------------------------------------
 
 def test_gallery_grouping_keeps_twins_together():
-    from minescan.chips import gallery_of
+    from minescan.models.chips import gallery_of
 
     clear = "v3.1_2023_negatives_S2L1C_clear0.75_2023-01-01_2024-01-01"
     cloudy = "v3.1_2023_negatives_S2L1C_clear0.05_2023-01-01_2024-01-01"
@@ -124,8 +124,8 @@ def test_gallery_grouping_keeps_twins_together():
 
 @needs_dev
 def test_temporal_folds_are_grouped_by_gallery():
-    from minescan.chip_training import TrainConfig, galleries, temporal_split
-    from minescan.chips import load_chips
+    from minescan.models.chips import load_chips
+    from minescan.models.train_chips import TrainConfig, galleries, temporal_split
 
     chips = load_chips(DEV)
     g = galleries(chips)
@@ -157,8 +157,8 @@ def _synthetic_chips(tmp_path, n=96):
 
 
 def test_train_chips_writes_a_scan_ready_model(tmp_path, capsys):
-    from minescan.cli_chips import main
-    from minescan.model_io import load_model
+    from minescan.cli import run as main
+    from minescan.models.store import load_model
 
     chips = _synthetic_chips(tmp_path)
     config = json.dumps({"branches": [[4, 4, 4, 4], [4, 4, 4, 4]], "epochs": 2, "batch_size": 32,
@@ -174,7 +174,7 @@ def test_train_chips_writes_a_scan_ready_model(tmp_path, capsys):
     assert card["threshold"] == pytest.approx(card["metrics"]["threshold"], abs=1e-6)
     assert card["training_data"]["n_chips"] == 96 and card["training"]["seed"] == 3
     # the recorded reference scores are what the saved model gives
-    from minescan.chip_scoring import score_chips
+    from minescan.models.score_chips import score_chips
 
     ref = card["reference_scores"]
     x = np.load(chips)["x"][ref["indices"]]
@@ -182,7 +182,7 @@ def test_train_chips_writes_a_scan_ready_model(tmp_path, capsys):
 
 
 def test_train_chips_rejects_unlabelled_input(tmp_path, capsys):
-    from minescan.cli_chips import main
+    from minescan.cli import run as main
 
     path = tmp_path / "u.npz"
     np.savez(path, x=np.zeros((4, 48, 48, 3), np.uint8))
@@ -198,10 +198,10 @@ def test_scan_applies_the_shipped_model_to_12_band_tiles(tmp_path):
     from shapely.geometry import box
 
     from minescan import SENTINEL2_BANDS
-    from minescan.detect import run_detect
     from minescan.grid import to_crs
-    from minescan.model_io import load_model
-    from minescan.tiles import make_tile
+    from minescan.models.store import load_model
+    from minescan.scan.detect import run_detect
+    from minescan.sources.local import make_tile
 
     model = load_model(ROOT / "models" / "amazon-rgb48", expect_kind="discovery")
     assert model.band_indices(list(SENTINEL2_BANDS), "tile") == [3, 2, 1]

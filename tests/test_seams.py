@@ -5,12 +5,12 @@ import pytest
 from conftest import SMALL_GRID, grid_tile, write_scene
 from shapely.geometry import box
 
-from minescan.detect import quadrant_probabilities, run_classify, run_detect
 from minescan.grid import QUADRANTS, cells_in_core, to_crs
-from minescan.merge import merge_scan
-from minescan.model_io import load_model
-from minescan.networks import build_discovery_fcn
-from minescan.tiles import TileRaster, make_tile
+from minescan.models.networks import build_discovery_fcn
+from minescan.models.store import load_model
+from minescan.scan.detect import quadrant_probabilities, run_classify, run_detect
+from minescan.scan.merge import merge_scan
+from minescan.sources.local import TileRaster, make_tile
 
 
 @pytest.fixture(scope="module")

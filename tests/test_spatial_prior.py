@@ -13,8 +13,8 @@ from shapely.geometry import box
 
 from minescan.errors import ConfigError
 from minescan.grid import _transformer, cells_in_core, to_crs
-from minescan.merge import merge_scan
-from minescan.spatial_prior import SpatialPrior, isolated_removals, kth_neighbour_distance_m
+from minescan.scan.merge import merge_scan
+from minescan.scan.spatial_prior import SpatialPrior, isolated_removals, kth_neighbour_distance_m
 
 UTM21S = 32721
 

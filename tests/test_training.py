@@ -10,8 +10,8 @@ from conftest import grid_tile, write_scene
 from minescan import SENTINEL2_BANDS
 from minescan.errors import InputDataError
 from minescan.grid import _transformer
-from minescan.model_io import load_model
-from minescan.training import extract_chips, read_points, train
+from minescan.models.store import load_model
+from minescan.models.train_points import extract_chips, read_points, train
 
 
 @pytest.fixture(scope="module")

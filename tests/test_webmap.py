@@ -16,8 +16,8 @@ from headless_chromium import find_chromium, inspect_page
 from PIL import Image
 
 from minescan.grid import cell_polygon, cells_in_core, to_crs
-from minescan.layers import RefLayer
-from minescan.webmap import build_map, map_stats, probability_overlay, site_thumbnail, write_map
+from minescan.layers.overlays import RefLayer
+from minescan.layers.webmap import build_map, map_stats, probability_overlay, site_thumbnail, write_map
 
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(

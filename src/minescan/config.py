@@ -6,7 +6,7 @@ Every error names the offending key (as a dotted path) and the file it came from
 from __future__ import annotations
 
 import copy
-import re
+import datetime as dt
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -14,9 +14,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import ConfigError
-
-PERIOD_RE = re.compile(r"^(\d{4})(?:Q([1-4]))?$")
+from minescan.errors import ConfigError
+from minescan.periods import expand_periods
 
 
 @cache
@@ -51,8 +50,9 @@ def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
-def validate(config: dict, source: str = "config") -> dict:
-    """Return a validated copy of ``config`` with defaults filled in; raise ConfigError naming the key."""
+def validate(config: dict, source: str = "config", today: dt.date | None = None) -> dict:
+    """Return a validated copy of ``config`` with defaults filled in and ``periods`` expanded (``periods`` +
+    ``schedule``, oldest first, as of ``today``); raise ConfigError naming the key."""
     root = schema()
     cfg = _fill_defaults(copy.deepcopy(config or {}), root, root)
     validator = jsonschema.Draft202012Validator(root)
@@ -67,10 +67,14 @@ def validate(config: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source}: key '{_path(err)}': {err.message}")
     if cfg["grid"]["tile_px"] % 2:
         raise ConfigError(f"{source}: key 'grid.tile_px' must be even (a tile splits into four quadrants)")
+    try:
+        cfg["periods"] = expand_periods(cfg, today)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return cfg
 
 
-def load(path: str | Path, overrides: dict | None = None) -> dict:
+def load(path: str | Path, overrides: dict | None = None, today: dt.date | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -80,7 +84,7 @@ def load(path: str | Path, overrides: dict | None = None) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if overrides:
         raw = deep_merge(raw, overrides)
-    return validate(raw, str(path))
+    return validate(raw, str(path), today)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -91,20 +95,6 @@ def deep_merge(base: dict, extra: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def period_dates(period: str) -> tuple[str, str]:
-    """'2026Q1' -> ('2026-01-01', '2026-04-01'); '2025' -> ('2025-01-01', '2026-01-01'). End exclusive."""
-    m = PERIOD_RE.match(period)
-    if not m:
-        raise ConfigError(f"period '{period}' is neither a year (2025) nor a quarter (2026Q1)")
-    year, quarter = int(m.group(1)), m.group(2)
-    if quarter is None:
-        return f"{year}-01-01", f"{year + 1}-01-01"
-    q = int(quarter)
-    start_month = 3 * (q - 1) + 1
-    end_year, end_month = (year + 1, 1) if q == 4 else (year, start_month + 3)
-    return f"{year}-{start_month:02d}-01", f"{end_year}-{end_month:02d}-01"
 
 
 def reference_markdown() -> str:

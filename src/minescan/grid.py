@@ -29,8 +29,8 @@ from affine import Affine
 from pyproj import CRS, Transformer
 from shapely.geometry import Polygon, box
 
-from .errors import ConfigError, InputDataError
-from .networks import STRIDE
+from minescan.errors import ConfigError, InputDataError
+from minescan.models.networks import STRIDE
 
 QUADRANTS = ("NW", "NE", "SW", "SE")
 TILE_ID_RE = re.compile(r"^(\d{2})([NS])-E(\d{3,})-N(\d{4,})$")

@@ -11,8 +11,8 @@ from pathlib import Path
 import geopandas as gpd
 from shapely.ops import unary_union
 
-from .errors import InputDataError
-from .io_utils import atomic_output
+from minescan.errors import InputDataError
+from minescan.io_utils import atomic_output
 
 FIXED_DATE = "2000-01-01T00:00:00.000Z"
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}

@@ -1,0 +1,47 @@
+"""The ``minescan`` command line. Snakemake rules call these commands; each does one stage's work.
+
+Errors a user can fix (bad config, missing band, corrupt file, ...) print one line naming the culprit and
+exit with status 2; nothing half-written is left behind.
+
+One module per command group, each with ``register(subparsers)``; :data:`GROUPS` is the plain list of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from minescan import __version__
+from minescan.cli import change, gee, layers, models, scan, sources
+from minescan.errors import MinescanError
+
+#: the command groups, in the order of ``minescan --help``
+GROUPS = (scan, sources, models, layers, change, gee)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minescan", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"minescan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the command and return its exit status (2 for a user error, said in one line)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args) or 0
+    except MinescanError as exc:
+        print(f"minescan: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))

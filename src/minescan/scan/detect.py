@@ -1,0 +1,378 @@
+"""The per-quadrant jobs: discovery (probability raster + candidates) and impact classification."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.io import MemoryFile
+from shapely import contains_xy
+
+from minescan.errors import ModelError, NoDataError
+from minescan.grid import Tile, cell_centres_utm, cells_in_core, check_halo, region_in_tile_crs
+from minescan.io_utils import atomic_output
+from minescan.models.networks import IMPACT_CLASSES, STRIDE, FcnGeometry
+from minescan.models.store import LoadedModel, load_model, read_card
+from minescan.scan.inference import (
+    DEFAULT_MAX_BLOCK_MB,
+    CellRows,
+    InferenceStats,
+    Normalisation,
+    import_keras_lean,
+    log_progress,
+    predict_cells,
+)
+from minescan.sources.local import TileRaster
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_COLUMNS = ["cell_x", "cell_y", "zone", "tile", "quadrant", "easting", "northing", "lon", "lat",
+                     "probability"]
+IMPACT_COLUMNS = ["p_high", "p_low", "p_no_ore", "impact"]
+RATED_BY = "impact_model"  # candidates.csv column: version of the impact model that rated them in detect
+
+
+def _raw_reader(raster: TileRaster, model: LoadedModel):
+    """read(c0, r0, c1, r1) -> the model's bands of global pixels [c0, c1) x [r0, r1), as stored (uint16)."""
+    bands = model.band_indices(raster.band_names, str(raster.path))
+    return lambda c0, r0, c1, r1: raster.read_px(c0, r0, c1, r1, bands)
+
+
+def normalisation(raster: TileRaster, model: LoadedModel, scale: float) -> Normalisation:
+    return Normalisation.from_card(model.card["normalisation"], scale, raster.nodata)
+
+
+def gdal_cache_bytes(raster: TileRaster, width_px: int) -> int:
+    """GDAL block cache for reading full-width strips of ``width_px``: a row of the file's (pixel-interleaved)
+    blocks and a quarter more, so a block straddling two strips is decoded once. GDAL's default (5 % of RAM)
+    would instead keep every block read, i.e. the whole quadrant, in memory."""
+    bh, bw = raster.ds.block_shapes[0]
+    block = bh * bw * raster.ds.count * np.dtype(raster.ds.dtypes[0]).itemsize
+    return int(1.25 * (-(-width_px // bw) + 1) * block) + 8 * 2**20
+
+
+def decode_threads() -> int:
+    """Threads GDAL may use to decode the tile's blocks (those this process may run on)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def open_tile(tile_path, tile: Tile) -> TileRaster:
+    """The tile, opened so that GDAL decodes the blocks of a window read in parallel (GDAL reads
+    GDAL_NUM_THREADS when a GeoTIFF is opened; one strip read then takes ~1/2 the time on 2 cores)."""
+    with rasterio.Env(GDAL_NUM_THREADS=str(decode_threads())):
+        return TileRaster(tile_path, tile)
+
+
+def quadrant_probabilities(raster: TileRaster, tile: Tile, quadrant: str, model: LoadedModel, scale: float,
+                           block_cells: int | None = None, core_px=None, *,
+                           max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
+                           stats: InferenceStats | None = None, rater: StreamRater | None = None):
+    """Probability grid for the cells of one quadrant core (or any ``core_px`` rectangle) of a tile.
+
+    Exact whatever the strip/block size (see :mod:`minescan.scan.inference`): ``block_cells`` fixes it in output
+    cells, otherwise it is the largest whose working memory fits ``max_block_mb``."""
+    geometry = FcnGeometry(model.window)
+    check_halo(tile.grid, geometry.halo_px, f"the {model.window} px discovery model {model.path}")
+    kx, ky = cells_in_core(core_px or tile.quadrant_core_px(quadrant))
+    prob = predict_cells(model.network, geometry, _raw_reader(raster, model), normalisation(raster, model, scale),
+                         kx, ky, max_block_mb=max_block_mb, block_cells=block_cells, method=method,
+                         progress=log_progress(f"{tile.name} {quadrant}"), stats=stats,
+                         on_rows=rater.start(kx, ky) if rater else None, keep_px=rater.keep_px if rater else 0)
+    if rater:
+        rater.finish()
+    return prob, kx, ky
+
+
+class StreamRater:
+    """Rates candidate cells with the impact CNN while the FCN streams, from the tile rows still in memory
+    (no second read of the tile). Cells at or above ``threshold`` are rated in batches of ``batch_size``;
+    ``ratings`` maps (cell_x, cell_y) to the 3 class probabilities. Needs the impact model's bands to be
+    among the discovery model's; ``usable`` says whether they are."""
+
+    def __init__(self, impact: LoadedModel, fcn_bands: list[str], threshold: float, scale: float, nodata: float,
+                 batch_size: int = 512):
+        self.model, self.threshold, self.batch_size = impact, threshold, batch_size
+        self.usable = all(b in fcn_bands for b in impact.bands)
+        self.pos = [fcn_bands.index(b) for b in impact.bands] if self.usable else []
+        self.norm = Normalisation.from_card(impact.card["normalisation"], scale, nodata)
+        self.keep_px = impact.window // 2 + 1
+        self.ratings: dict[tuple[int, int], np.ndarray] = {}
+        self._keys: list[tuple[int, int]] = []
+        self._raw: list[np.ndarray] = []
+
+    def start(self, kx: range, ky: range):
+        self.kx, self.ky = kx, ky
+        return self
+
+    def __call__(self, rows: CellRows) -> None:
+        iy, ix = np.nonzero(np.nan_to_num(rows.prob, nan=-1.0) >= self.threshold)
+        if len(iy) == 0:
+            return
+        w = self.model.window
+        cy = self.ky.start + rows.first + iy
+        cx = self.kx.start + ix
+        row0 = cy * STRIDE + STRIDE // 2 - w // 2  # global pixel of each patch's top-left corner
+        col0 = cx * STRIDE + STRIDE // 2 - w // 2 - rows.col0
+        top = int(row0.min())
+        try:
+            raw = rows.raw(top, int(row0.max()) + w)
+        except AssertionError:  # rows no longer in memory (a window wider than the margin): read again later
+            return
+        for y, x, r, c in zip(cy, cx, row0 - top, col0, strict=True):
+            if c < 0 or c + w > raw.shape[1]:
+                continue  # beyond the span's columns: rated from patches read again
+            self._keys.append((int(x), int(y)))
+            self._raw.append(raw[r : r + w, c : c + w][..., self.pos])
+        while len(self._keys) >= self.batch_size:
+            self._rate(self.batch_size)
+
+    def _rate(self, n: int) -> None:
+        keys, patches = self._keys[:n], np.stack(self._raw[:n])
+        del self._keys[:n], self._raw[:n]
+        probs = np.asarray(self.model.network.predict_on_batch(self.norm.apply(patches)[0]))
+        self.ratings.update(zip(keys, probs, strict=True))
+
+    def finish(self) -> None:
+        if self._keys:
+            self._rate(len(self._keys))
+
+
+def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile: Tile, meta: dict) -> None:
+    """Cloud-optimised GeoTIFF of mine probability, one pixel per 27 x 27 px cell, NaN = no data."""
+    cell_m = STRIDE * tile.grid.resolution_m
+    transform = Affine(cell_m, 0, kx.start * cell_m, 0, -cell_m, -ky.start * cell_m)
+    profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": prob.shape[0],
+               "width": prob.shape[1], "crs": tile.crs, "transform": transform, "nodata": float("nan")}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(prob, 1)
+            tmp.descriptions = ("mine_probability",)
+            tmp.update_tags(**{k: str(v) for k, v in sorted(meta.items())})
+        with mem.open() as src, atomic_output(path) as out:
+            rasterio.shutil.copy(src, out, driver="COG", compress="DEFLATE", predictor=3, blocksize=256,
+                                 overviews="NONE")
+
+
+def candidates_table(prob: np.ndarray, kx: range, ky: range, tile: Tile, quadrant: str, region_lonlat,
+                     threshold: float) -> pd.DataFrame:
+    """Cells at or above ``threshold`` whose centre lies in the region (and the tile's zone strip)."""
+    iy, ix = np.nonzero(np.nan_to_num(prob, nan=-1.0) >= threshold)
+    cx = np.asarray(kx)[ix]
+    cy = np.asarray(ky)[iy]
+    e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m)
+    inside = contains_xy(region_in_tile_crs(region_lonlat, tile), e, n) if len(e) else np.zeros(0, bool)
+    cx, cy, e, n, p = cx[inside], cy[inside], e[inside], n[inside], prob[iy, ix][inside]
+    lon, lat = _to_lonlat(e, n, tile.id.epsg)
+    df = pd.DataFrame({
+        "cell_x": cx.astype(np.int64), "cell_y": cy.astype(np.int64),
+        "zone": f"{tile.id.zone:02d}{tile.id.hemisphere}", "tile": tile.name, "quadrant": quadrant,
+        "easting": e.round(2), "northing": n.round(2), "lon": np.round(lon, 7), "lat": np.round(lat, 7),
+        "probability": np.round(p.astype(np.float64), 6),
+    }, columns=CANDIDATE_COLUMNS)
+    return df.sort_values(["cell_y", "cell_x"]).reset_index(drop=True)
+
+
+def _to_lonlat(e: np.ndarray, n: np.ndarray, epsg: int):
+    if len(e) == 0:
+        return np.zeros(0), np.zeros(0)
+    from minescan.grid import _transformer
+
+    return _transformer(epsg, 4326).transform(e, n)
+
+
+def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_lonlat, scale: float,
+               threshold: float | None, block_cells: int | None, prob_out, candidates_out,
+               on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
+               impact: LoadedModel | None = None, impact_batch_size: int = 512,
+               stats: InferenceStats | None = None) -> dict:
+    """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
+
+    With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
+    loaded), and the CSV carries the ratings and the model's version; ``run_classify`` then only checks and
+    copies them instead of starting TensorFlow a second time for the quadrant."""
+    threshold = model.scan_threshold if threshold is None else threshold
+    with open_tile(tile_path, tile) as raster:
+        c0, _, c1, _ = tile.quadrant_core_px(quadrant)
+        rater = None
+        if impact is not None:
+            rater = StreamRater(impact, model.bands, threshold, scale, raster.nodata, impact_batch_size)
+            rater = rater if rater.usable else None
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0 + 2 * tile.grid.halo_px)):
+            prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
+                                                  max_block_mb=max_block_mb, method=method, stats=stats,
+                                                  rater=rater)
+            n_valid = int(np.isfinite(prob).sum())
+            if n_valid == 0:
+                msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
+                if on_empty == "error":
+                    raise NoDataError(msg + "; set detect.on_empty_quadrant: warn to accept it")
+                log.warning(msg)
+            cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold)
+            if impact is not None:
+                cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
+                cands[RATED_BY] = impact.version
+    meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
+            "MODEL_VERSION": model.version, "THRESHOLD": threshold}
+    write_probability_raster(prob_out, prob, kx, ky, tile, meta)
+    with atomic_output(candidates_out) as tmp:
+        cands.to_csv(tmp, index=False)
+    log.info("%s %s: %d cells, %d valid, %d candidates >= %.2f%s", tile.name, quadrant, prob.size, n_valid,
+             len(cands), threshold, " (rated)" if impact is not None else "")
+    return {"cells": int(prob.size), "valid_cells": n_valid, "candidates": len(cands)}
+
+
+def _patch_groups(row0: np.ndarray, col0: np.ndarray, w: int, max_n: int, rows_per_read: int):
+    """Candidates grouped for reading: row-sorted runs of at most ``max_n`` spanning <= ``rows_per_read``
+    rows, each cut where columns are more than a patch apart, so one window read serves a cluster and
+    scattered candidates do not read (and decode) the whole width."""
+    order = np.argsort(row0, kind="stable")
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and j - i < max_n and row0[order[j]] + w - row0[order[i]] <= rows_per_read:
+            j += 1
+        run = order[i:j]
+        run = run[np.argsort(col0[run], kind="stable")]
+        cuts = np.nonzero(np.diff(col0[run]) > 2 * w)[0] + 1
+        yield from np.split(run, cuts)
+        i = j
+
+
+def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float,
+                        batch_size: int = 512, rows_per_read: int = 256):
+    """Yield (candidate positions, normalised (n, w, w, B) patches) in batches of <= ``batch_size``.
+
+    Patches are centred on each candidate cell and read in small windows (row-sorted, clustered), so memory
+    is one batch whatever the number of candidates, and only the file blocks holding candidates are decoded."""
+    w = model.window
+    bands = model.band_indices(raster.band_names, str(raster.path))
+    norm = normalisation(raster, model, scale)
+    if len(cands) == 0:
+        return
+    # pixel holding the cell centre, then the patch around it
+    col0 = cands["cell_x"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
+    row0 = cands["cell_y"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
+    pend_idx: list[np.ndarray] = []
+    pend_raw: list[np.ndarray] = []
+
+    def take(n: int):
+        idx, raw = np.concatenate(pend_idx), np.concatenate(pend_raw)
+        pend_idx[:] = [idx[n:]] if len(idx) > n else []
+        pend_raw[:] = [raw[n:]] if len(idx) > n else []
+        return idx[:n], norm.apply(raw[:n])[0]
+
+    for idx in _patch_groups(row0, col0, w, batch_size, rows_per_read):
+        c_lo, c_hi = int(col0[idx].min()), int(col0[idx].max()) + w
+        r_lo, r_hi = int(row0[idx].min()), int(row0[idx].max()) + w
+        raw = raster.read_px(c_lo, r_lo, c_hi, r_hi, bands)
+        pend_raw.append(np.stack([raw[r - r_lo : r - r_lo + w, c - c_lo : c - c_lo + w]
+                                  for r, c in zip(row0[idx], col0[idx], strict=True)]))
+        pend_idx.append(idx)
+        while sum(len(i) for i in pend_idx) >= batch_size:
+            yield take(batch_size)
+    if pend_idx:
+        yield take(batch_size)
+
+
+def impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float) -> np.ndarray:
+    """All normalised (N, w, w, B) patches at once (for small N; run_classify streams them in batches)."""
+    out = np.zeros((len(cands), model.window, model.window, len(model.bands)), dtype=np.float32)
+    for idx, z in iter_impact_patches(raster, model, cands, scale):
+        out[idx] = z
+    return out
+
+
+def rate_candidates(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float,
+                    batch_size: int = 512) -> np.ndarray:
+    """Impact-CNN probabilities (N, 3) of the candidates, in batches (bounded memory)."""
+    probs = np.zeros((len(cands), len(IMPACT_CLASSES)), dtype=np.float32)
+    if len(cands) == 0:
+        return probs
+    network = model.network if model.network is not None else load_network(model).network
+    for idx, patches in iter_impact_patches(raster, model, cands, scale, batch_size):
+        probs[idx] = np.asarray(network.predict_on_batch(patches))
+    return probs
+
+
+def _ratings(raster: TileRaster, impact: LoadedModel, cands: pd.DataFrame, scale: float, batch_size: int,
+             rater: StreamRater | None) -> np.ndarray:
+    """Impact probabilities of the candidates: those the stream rated, the rest (e.g. with the block method
+    or other bands) from patches read again."""
+    probs = np.zeros((len(cands), len(IMPACT_CLASSES)), dtype=np.float32)
+    have = rater.ratings if rater else {}
+    todo = []
+    for i, key in enumerate(zip(cands["cell_x"].tolist(), cands["cell_y"].tolist(), strict=True)):
+        if key in have:
+            probs[i] = have[key]
+        else:
+            todo.append(i)
+    if todo:
+        probs[todo] = rate_candidates(raster, impact, cands.iloc[todo], scale, batch_size)
+    log.info("impact CNN: %d candidates rated during the FCN stream, %d from patches read again",
+             len(cands) - len(todo), len(todo))
+    return probs
+
+
+def with_ratings(cands: pd.DataFrame, probs: np.ndarray | None) -> pd.DataFrame:
+    """The candidates plus p_high, p_low, p_no_ore (6 decimals) and the impact class (None: 'unrated')."""
+    out = cands.copy()
+    if probs is None:
+        probs = np.full((len(cands), 3), np.nan)
+        labels = ["unrated"] * len(cands)
+    else:
+        labels = [IMPACT_CLASSES[i] for i in np.argmax(probs, axis=1)]
+    out["p_high"], out["p_low"], out["p_no_ore"] = (np.round(probs[:, i].astype(np.float64), 6) for i in range(3))
+    out["impact"] = labels
+    return out
+
+
+def lazy_model(directory, kind: str) -> LoadedModel:
+    """A model's path and card, its network left unloaded (so TensorFlow is only started when needed)."""
+    card = read_card(directory)
+    if card["kind"] != kind:
+        raise ModelError(f"{directory}: is a '{card['kind']}' model, expected '{kind}'")
+    return LoadedModel(Path(directory), card, None)
+
+
+def load_network(model: LoadedModel) -> LoadedModel:
+    import_keras_lean()
+    return load_model(model.path, expect_kind=model.card["kind"])
+
+
+def run_classify(tile_path, tile: Tile, model: LoadedModel | None, scale: float, candidates_csv,
+                 classified_out, batch_size: int = 512) -> dict:
+    """Rate every candidate with the impact CNN; writes candidates + p_high, p_low, p_no_ore, impact.
+
+    Candidates the detect job already rated with this very model (same content hash) are copied; others
+    are read, normalised and rated here in batches of ``batch_size``. ``model`` may come from
+    :func:`lazy_model`: its network is only loaded if there is something to rate."""
+    cands = pd.read_csv(candidates_csv, dtype={"zone": str, "tile": str, "quadrant": str, RATED_BY: str})
+    rated = cands[RATED_BY] if RATED_BY in cands.columns else None
+    base = cands.drop(columns=[c for c in [*IMPACT_COLUMNS, RATED_BY] if c in cands.columns])
+    if model is None:
+        out = with_ratings(base, None)
+    elif len(base) == 0:
+        out = with_ratings(base, np.zeros((0, len(IMPACT_CLASSES)), dtype=np.float32))
+    elif rated is not None and (rated == model.version).all():
+        out = base.join(cands[IMPACT_COLUMNS])
+        log.info("%s: %d candidates already rated by %s in the detect job", tile.name, len(out), model.path)
+    else:
+        with open_tile(tile_path, tile) as raster, \
+                rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, tile.grid.tile_px // 2 + 2 * tile.grid.halo_px)):
+            out = with_ratings(base, rate_candidates(raster, model, base, scale, batch_size))
+    labels = out["impact"].tolist()
+    with atomic_output(classified_out) as tmp:
+        out.to_csv(tmp, index=False)
+    counts = pd.Series(labels, dtype=object).value_counts().to_dict()
+    log.info("%s: classified %d candidates: %s", tile.name, len(out), counts)
+    return counts
+

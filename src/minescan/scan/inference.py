@@ -1,0 +1,741 @@
+"""Applying the discovery FCN to a rectangle of output cells: exact, with bounded memory.
+
+The probability of every cell is computed from an input span that starts one cell early and ends
+``valid_kernel`` cells late (see :class:`minescan.models.networks.FcnGeometry`). :func:`predict_cells` computes
+the network on that span *exactly as one whole-array forward pass would* (identical up to float
+round-off), in one of two ways:
+
+``stream`` (the default whenever the network has the shape of the published FCN: ``[Conv 'same' ->
+Pool]`` stages followed by 'valid'/pointwise layers). The span is streamed through the network in
+full-width strips of rows, stage by stage, and nothing is computed twice:
+
+    input rows --(conv1 + pool1)--> level-1 rows --(conv2 + pool2)--> level-2 rows --> ... --> cells
+
+Each stage is a small Keras model built from the loaded network's own weights (a 'valid' copy of the
+convolution and the pool). Level ``i`` row ``r`` needs level ``i-1`` rows ``[p r - h, p r + p + h)`` (pool
+``p``, conv half-width ``h``: 3 and 1 here), i.e. a 1-row margin, and 'same' padding is applied only at
+the true edges of the span, so the strip-wise result equals the whole-array result. Every level keeps the
+rows its consumer may ask for again (the margin), so no convolution is recomputed; the tail (7 x 7 valid
+conv, dropout, 1 x 1 softmax) streams the same way. Input strips are read from the tile (uint16) one strip
+ahead in a background thread, while the network computes the current one. Normalisation is folded into
+the first convolution: the strip is only centred (``DN - mean/scale``, one pass that also converts
+uint16 to float32, nodata set to 0) and the first kernel is scaled by ``scale/std`` per band. Cells are
+handed to an ``on_rows`` callback as soon as they are final, with the tile values around them still in
+memory (the impact CNN rates candidates from them: the tile is read once).
+
+Memory is bounded by the strip height, chosen from ``max_block_mb`` (or fixed by ``block_cells`` =
+output-cell rows per strip) and the span width, not by the span height: roughly
+``27 * rows * width * (24 * bands + 8 * conv1_width)`` bytes (~70 MB per cell row for a quadrant),
+independent of how much area is scanned.
+
+``blocks`` (fallback for other architectures, and a reference). Square blocks of ``n`` x ``n`` cells, each
+computed from its own input span: exact too, but every block recomputes a margin of ``1 + valid_kernel``
+cells, so compute is ``(n + 8)^2 / n^2`` times the necessary (1.36x at n = 48). Blocks of equal shape are
+batched (up to the memory budget) so an accelerator is kept busy.
+
+Nothing here is CPU-specific: the stage models are ordinary Keras models, placed on a GPU by TensorFlow
+when one is visible. On a GPU, raise ``max_block_mb`` so that strips fill it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minescan.models.networks import STRIDE, FcnGeometry
+
+log = logging.getLogger(__name__)
+
+# read(col0, row0, col1, row1) -> tile values (H, W, B) of the model's bands (uint16), global pixels
+RawReader = Callable[[int, int, int, int], np.ndarray]
+
+MIN_VALID_FRACTION = 0.5  # a cell with less valid (non-nodata) footprint is reported as no data
+DEFAULT_MAX_BLOCK_MB = 384  # working memory of one strip (see predict_cells); a detect job adds ~0.7 GB
+METHODS = ("auto", "stream", "blocks")
+
+
+# ------------------------------------------------------------------------------------------- normalisation
+@dataclass(frozen=True)
+class Normalisation:
+    """Tile value (DN) -> network input, as in :func:`minescan.models.store.normalise`:
+    ``z = (min(DN * scale, clip_max) - mean) / std``, and 0 where any band equals ``nodata``."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    clip_max: float | None = None
+    nodata: float = 0
+
+    @classmethod
+    def from_card(cls, norm: dict, scale: float, nodata: float = 0) -> Normalisation:
+        return cls(float(scale), tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]),
+                   None if norm.get("clip_max") is None else float(norm["clip_max"]), nodata)
+
+    @property
+    def card(self) -> dict:
+        return {"clip_max": self.clip_max, "mean": list(self.mean), "std": list(self.std)}
+
+    def valid(self, raw: np.ndarray) -> np.ndarray:
+        return np.all(raw != self.nodata, axis=-1)
+
+    def apply(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(z float32, valid) exactly as the model card defines it (the plain, unfolded path)."""
+        from minescan.models.store import normalise
+
+        valid = self.valid(raw)
+        refl = raw.astype(np.float32)
+        refl *= np.float32(self.scale)
+        return normalise(refl, self.card, valid), valid
+
+    @property
+    def gain(self) -> np.ndarray:
+        """Per-band factor folded into the first convolution: z = gain * (DN - offset)."""
+        return (np.float32(self.scale) / np.asarray(self.std, dtype=np.float32)).astype(np.float32)
+
+    @property
+    def offset(self) -> np.ndarray:
+        """Per-band mean in tile units (DN)."""
+        return (np.asarray(self.mean, dtype=np.float64) / self.scale).astype(np.float32)
+
+    def centre(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``z / gain`` as float32: ``min(DN, clip_max / scale) - offset``, 0 at nodata pixels.
+
+        Returns (x, valid); valid is None when every pixel is valid (the usual case, checked cheaply)."""
+        x = np.empty(raw.shape, dtype=np.float32)
+        if self.clip_max is None:
+            np.subtract(raw, self.offset, out=x, dtype=np.float32)  # converts uint16 in the same pass
+        else:
+            np.minimum(raw, np.float32(self.clip_max / self.scale), out=x, dtype=np.float32)
+            x -= self.offset
+        if raw.size == 0 or not self._may_hold_nodata(raw):
+            return x, None
+        valid = self.valid(raw)
+        if valid.all():
+            return x, None
+        x *= valid[..., None]
+        return x, valid
+
+    def _may_hold_nodata(self, raw: np.ndarray) -> bool:
+        if np.issubdtype(raw.dtype, np.integer):
+            info = np.iinfo(raw.dtype)
+            if self.nodata == info.min:
+                return bool(raw.min() == self.nodata)  # one fast SIMD pass
+            if self.nodata == info.max:
+                return bool(raw.max() == self.nodata)
+        return True
+
+
+# ------------------------------------------------------------------------------- the network as a stream
+# Optional packages Keras/TensorFlow import at start-up only for features inference never uses (Keras'
+# scikit-learn wrappers and plotting helpers, TensorFlow's Google-Cloud TPU/GCE cluster resolvers). Each
+# import is guarded there ("try: import x / except ImportError"); skipping them saves ~1.5 CPU-s and 60 MB
+# per job.
+LEAN_SKIPPED = ("sklearn", "matplotlib", "googleapiclient")
+
+
+def import_keras_lean() -> None:
+    """Import Keras with the packages in ``LEAN_SKIPPED`` hidden; they are importable again afterwards
+    (only the Keras/TensorFlow features that need them are off in this process). Call it first thing in a
+    detect/classify process, before anything imports Keras; later calls do nothing."""
+    import sys
+
+    if "keras" in sys.modules:
+        return
+    hidden = [m for m in LEAN_SKIPPED if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # 'import m' now raises ImportError, which those imports tolerate
+    try:
+        _keras()
+    finally:
+        for m in hidden:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+
+
+def _keras():
+    from minescan.models.networks import _keras as k
+
+    return k()
+
+
+def _chain_layers(network) -> list | None:
+    """The network's layers (input excluded) if they form a simple chain input -> ... -> output."""
+    keras = _keras()
+    layers = [la for la in network.layers if not isinstance(la, keras.layers.InputLayer)]
+    if isinstance(network, keras.Sequential):
+        return layers
+    try:
+        conf = network.get_config()["layers"]
+    except Exception:  # a subclassed model: we cannot see its topology
+        return None
+    names = [c["name"] for c in conf if c.get("class_name") != "InputLayer"]
+    if names != [la.name for la in layers] or len(network.inputs) != 1 or len(network.outputs) != 1:
+        return None
+
+    def sources(node) -> list[str]:
+        found = []
+        if isinstance(node, dict):
+            if "keras_history" in node:
+                found.append(node["keras_history"][0])
+            for v in node.values():
+                found += sources(v)
+        elif isinstance(node, list | tuple):
+            for v in node:
+                found += sources(v)
+        return found
+
+    prev = None
+    for c in conf:
+        if c.get("class_name") == "InputLayer":
+            prev = c["name"]
+            continue
+        if sources(c.get("inbound_nodes", [])) != [prev]:
+            return None
+        prev = c["name"]
+    return layers
+
+
+def _is_same_conv(la) -> bool:
+    keras = _keras()
+    return (type(la) is keras.layers.Conv2D and la.padding == "same" and tuple(la.strides) == (1, 1)
+            and tuple(la.dilation_rate) == (1, 1) and la.data_format == "channels_last"
+            and all(k % 2 == 1 for k in la.kernel_size) and getattr(la, "groups", 1) == 1)
+
+
+def _is_pool(la) -> bool:
+    keras = _keras()
+    return (type(la) in (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D) and la.padding == "valid"
+            and tuple(la.strides) == tuple(la.pool_size) and la.pool_size[0] == la.pool_size[1]
+            and la.data_format == "channels_last")
+
+
+def _tail_reach(la) -> int | None:
+    """Rows a tail layer removes (kernel - 1 for a 'valid' conv, 0 for pointwise layers); None: unsupported."""
+    keras = _keras()
+    L = keras.layers
+    if type(la) is L.Conv2D:
+        ok = ((la.padding == "valid" or tuple(la.kernel_size) == (1, 1)) and tuple(la.strides) == (1, 1)
+              and tuple(la.dilation_rate) == (1, 1) and la.data_format == "channels_last")
+        return la.kernel_size[0] - 1 if ok else None
+    if isinstance(la, L.Dropout | L.SpatialDropout2D | L.GaussianNoise | L.GaussianDropout | L.ReLU
+                  | L.LeakyReLU | L.BatchNormalization):
+        return 0
+    if isinstance(la, L.Activation | L.Softmax):
+        return 0
+    return None
+
+
+def compiled(model) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` as a function of one batch, traced once for any height and width.
+
+    With the TensorFlow backend this is a ``tf.function`` with a shape-free signature (graph mode: fused
+    conv + bias + ReLU, no per-shape retracing, less per-call overhead than ``predict_on_batch``); with
+    other backends it is ``predict_on_batch``."""
+    keras = _keras()
+    if keras.backend.backend() != "tensorflow":
+        return lambda x: np.asarray(model.predict_on_batch(x))
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, None, None, int(model.input_shape[-1])), tf.float32)
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
+    return lambda x: fn(tf.convert_to_tensor(x)).numpy()
+
+
+@dataclass
+class StreamStage:
+    model: object  # Keras model: ZeroPadding (columns) -> Conv 'valid' -> Pool
+    half: int  # conv rows beyond the pooled footprint on each side (kernel // 2)
+    pool: int  # pool factor along rows
+    channels: int  # output channels
+    run: Callable = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.run = compiled(self.model)
+
+
+@dataclass
+class StreamNet:
+    """A network cut into row-streamable stages; see the module docstring."""
+
+    stages: list[StreamStage]
+    tail: object  # Keras model from the last pooled level to the output
+    reach: int  # rows the tail's 'valid' layers remove
+    in_channels: int
+    conv1_channels: int
+    run_tail: Callable = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.run_tail = compiled(self.tail)
+
+    @classmethod
+    def build(cls, network, gain: np.ndarray | None = None) -> StreamNet | None:
+        """Stage models for ``network`` (weights copied, first kernel scaled by ``gain``); None if the
+        network is not ``[Conv 'same' -> Pool]+`` followed by 'valid'/pointwise layers."""
+        keras = _keras()
+        L = keras.layers
+        layers = _chain_layers(network)
+        if not layers:
+            return None
+        stages: list[StreamStage] = []
+        i = 0
+        channels = int(network.input_shape[-1])
+        in_channels = channels
+        while i + 1 < len(layers) and _is_same_conv(layers[i]) and _is_pool(layers[i + 1]):
+            conv, pool = layers[i], layers[i + 1]
+            kh, kw = conv.kernel_size
+            cfg = conv.get_config()
+            cfg.update(padding="valid", name=f"{conv.name}_rows")
+            inp = keras.Input((None, None, channels), name=f"{conv.name}_in")
+            x = L.ZeroPadding2D(((0, 0), (kw // 2, kw // 2)))(inp) if kw > 1 else inp
+            rows_conv = type(conv).from_config(cfg)
+            x = rows_conv(x)
+            weights = conv.get_weights()
+            if not stages and gain is not None:
+                weights[0] = (weights[0] * np.asarray(gain, np.float32)[None, None, :, None]).astype(weights[0].dtype)
+            rows_conv.set_weights(weights)
+            pcfg = pool.get_config()
+            pcfg["name"] = f"{pool.name}_rows"
+            x = type(pool).from_config(pcfg)(x)
+            stages.append(StreamStage(keras.Model(inp, x, name=f"stage{len(stages) + 1}"), kh // 2,
+                                      pool.pool_size[0], conv.filters))
+            channels = conv.filters
+            i += 2
+        if not stages:
+            return None
+        reach = 0
+        for la in layers[i:]:
+            r = _tail_reach(la)
+            if r is None:
+                return None
+            reach += r
+        inp = keras.Input((None, None, channels), name="tail_in")
+        x = inp
+        for la in layers[i:]:
+            x = la(x)
+        return cls(stages, keras.Model(inp, x, name="tail"), reach, in_channels, stages[0].channels)
+
+    def bytes_per_input_row(self, width: int) -> float:
+        """Working memory per input row of a strip (calibrated on the published FCN, TF CPU, with the tile
+        values kept for in-stream impact rating)."""
+        return width * (24.0 * self.in_channels + 8.0 * self.conv1_channels)
+
+    @property
+    def factor(self) -> int:
+        return math.prod(s.pool for s in self.stages)
+
+
+_STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stream_net(network, gain: np.ndarray | None = None) -> StreamNet | None:
+    """:meth:`StreamNet.build`, cached per network, gain and weights (building and tracing costs ~1 s)."""
+    import hashlib
+
+    h = hashlib.sha1(b"" if gain is None else np.asarray(gain, np.float32).tobytes())
+    for w in network.get_weights():  # the stages hold copies: changed weights need new stages
+        h.update(np.ascontiguousarray(w).tobytes())
+    key = h.hexdigest()
+    per_net = _STREAMS.setdefault(network, {})
+    if key not in per_net:
+        if len(per_net) >= 4:  # e.g. weights changing under training: keep the cache small
+            per_net.clear()
+        per_net[key] = StreamNet.build(network, gain)
+    return per_net[key]
+
+
+class _Level:
+    """Rows of one level of the network, produced on demand in non-decreasing order.
+
+    ``rows(a, b)`` returns rows [a, b) with zero rows beyond [0, height) (the 'same' padding). The rows of
+    the last request are kept, so the overlap of the next request (the margin) is not computed again."""
+
+    def __init__(self, height: int, width: int, channels: int):
+        self.height, self.width, self.channels = height, width, channels
+        self._start = 0
+        self._held: np.ndarray | None = None
+
+    def _zeros(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.width, self.channels), dtype=np.float32)
+
+    def _compute(self, a: int, b: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _real(self, lo: int, hi: int) -> np.ndarray:
+        held_end = self._start + (0 if self._held is None else len(self._held))
+        if self._held is not None and lo < self._start:
+            raise AssertionError(f"rows requested out of order ({lo} < {self._start})")
+        keep = self._held[lo - self._start : hi - self._start] if self._held is not None and lo < held_end else None
+        new_from = lo if keep is None else held_end
+        parts = [p for p in (keep, self._compute(new_from, hi) if hi > new_from else None) if p is not None]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self._held, self._start = out, lo
+        return out
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        lo, hi = min(max(a, 0), self.height), max(min(b, self.height), 0)
+        real = self._real(lo, hi) if hi > lo else None
+        top, bottom = max(0, min(b, 0) - a), max(0, b - max(a, self.height))
+        if not top and not bottom and real is not None:
+            return real
+        parts = [self._zeros(top)] if top else []
+        parts += [real] if real is not None else []
+        parts += [self._zeros(bottom)] if bottom else []
+        return np.concatenate(parts)
+
+
+class _Stage(_Level):
+    """Level i from level i-1, at most ``step`` rows per call (the first request of the tail asks for its
+    reach on top of one strip; computing it in steps keeps every strip within the budget)."""
+
+    def __init__(self, stage: StreamStage, up: _Level, width: int, step: int, clock: dict):
+        super().__init__(up.height // stage.pool, width, stage.channels)
+        self.stage, self.up, self.step, self.clock = stage, up, step, clock
+
+    def _compute(self, a, b):
+        s = self.stage
+        out = []
+        for c in range(a, b, self.step):
+            d = min(c + self.step, b)
+            x = self.up.rows(s.pool * c - s.half, s.pool * d + s.half)
+            t = time.perf_counter()
+            out.append(s.run(x[None])[0])
+            self.clock["compute_s"] += time.perf_counter() - t
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+class _Tail(_Level):
+    def __init__(self, net: StreamNet, up: _Level, width: int, channels: int, clock: dict):
+        super().__init__(up.height - net.reach, width, channels)
+        self.net, self.up, self.clock = net, up, clock
+
+    def _compute(self, a, b):
+        x = self.up.rows(a, b + self.net.reach)
+        t = time.perf_counter()
+        y = self.net.run_tail(x[None])[0]
+        self.clock["compute_s"] += time.perf_counter() - t
+        return y
+
+
+class _Source(_Level):
+    """Level 0: the span's rows read from the tile and centred, the next strip read ahead in a thread.
+
+    With ``keep_raw`` the tile values (uint16) of the rows handed out stay available through ``raw_rows``
+    from row ``keep_from`` on (the driver advances it), so cells can be looked at again without re-reading."""
+
+    def __init__(self, read: Callable[[int, int], np.ndarray], norm: Normalisation, height: int, width: int,
+                 channels: int, counter: Callable, clock: dict, prefetch: bool = True, keep_raw: bool = False):
+        super().__init__(height, width, channels)
+        self.read, self.norm, self.counter, self.clock = read, norm, counter, clock
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="minescan-read") if prefetch else None
+        self._future = None  # (first row, future) of the read-ahead
+        self._pieces: list[np.ndarray] = []  # rows read but not yet handed out, from self._ready_from on
+        self._ready_from: int | None = None
+        self.keep_raw, self.keep_from = keep_raw, 0
+        self._raw: list[tuple[int, np.ndarray]] = []  # (first row, tile values) of rows read
+
+    def close(self) -> None:
+        if self._pool is not None:
+            if self._future is not None:
+                self._future[1].cancel()
+            self._pool.shutdown(wait=True)
+
+    def _load(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+        # loads never overlap (one read-ahead at a time), so counting here needs no lock
+        t = time.perf_counter()
+        raw = self.read(a, b)
+        x, valid = self.norm.centre(raw)
+        self.counter(a, b, valid)
+        self.clock["read_s"] += time.perf_counter() - t
+        return x, (raw if self.keep_raw else None)
+
+    def _compute(self, a, b):
+        if self._ready_from is None:
+            self._ready_from = a
+        if a != self._ready_from:
+            raise AssertionError(f"source rows requested out of order ({a} != {self._ready_from})")
+        got = sum(len(p) for p in self._pieces)
+        while a + got < b:
+            start = a + got
+            if self._future is not None and self._future[0] == start:
+                x, raw = self._future[1].result()
+                self._future = None
+            else:  # nothing read ahead yet (first strip)
+                x, raw = self._load(start, b)
+            self._pieces.append(x)
+            if raw is not None:
+                self._raw = [(s, r) for s, r in self._raw if s + len(r) > self.keep_from] + [(start, raw)]
+            got += len(x)
+        loaded = a + got
+        if self._pool is not None and self._future is None and loaded < self.height:
+            # read ahead as many rows as this request took: strips are equal but for the last one
+            nxt = min(self.height, loaded + max(b - a, 1))
+            self._future = (loaded, self._pool.submit(self._load, loaded, nxt))
+        rows = self._pieces[0] if len(self._pieces) == 1 else np.concatenate(self._pieces)
+        rest = rows[b - a :]
+        self._pieces = [rest] if len(rest) else []
+        self._ready_from = b
+        return rows[: b - a]
+
+    def raw_rows(self, a: int, b: int) -> np.ndarray:
+        """Tile values of span rows [a, b) (must have been read and not dropped)."""
+        parts = [r[max(a - s, 0) : b - s] for s, r in self._raw if s < b and s + len(r) > a]
+        got = sum(len(p) for p in parts)
+        if not parts or got != b - a or self._raw[0][0] > a:
+            raise AssertionError(f"span rows {a}:{b} are no longer (or not yet) in memory")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+@dataclass
+class CellRows:
+    """Cell rows just computed by the stream, with the tile values around them still in memory.
+
+    ``prob`` holds the final probabilities (NaN = no data) of cell rows ``ky[first : first + len(prob)]`` and
+    all of ``kx``; ``raw(row0, row1)`` returns tile values (uint16, the network's bands) of global pixel rows
+    [row0, row1) and columns [col0, col0 + width): any rows within ``keep_px`` of these cells' centres."""
+
+    first: int
+    prob: np.ndarray
+    col0: int
+    raw: Callable[[int, int], np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------- driver
+@dataclass
+class InferenceStats:
+    method: str = ""
+    chunk_cells: int = 0  # output-cell rows per strip (stream) or cells per block side (blocks)
+    strips: int = 0
+    span_px: tuple[int, int] = (0, 0)
+    flops: float = 0.0
+    read_s: float = 0.0  # reading + centring the input (in the read-ahead thread when streaming)
+    compute_s: float = 0.0  # network time
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _output_size(h: int, w: int, kernel, strides, padding: str) -> tuple[int, int]:
+    """Height and width after a Keras convolution or pooling window with these settings."""
+    (kh, kw), (sh, sw) = kernel, strides
+    if padding == "same":
+        return -(-h // sh), -(-w // sw)
+    return (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
+def fcn_flops(network, height: int, width: int) -> float:
+    """Analytical FLOPs (2 x multiply-adds of the convolutions and dense layers) of one forward pass of
+    ``network`` on a ``height`` x ``width`` input; pools, activations and softmax are not counted."""
+    keras = _keras()
+    L = keras.layers
+    h, w = height, width
+    c = int(network.input_shape[-1])
+    total = 0.0
+    for la in network.layers:
+        if isinstance(la, L.InputLayer):
+            continue
+        if type(la) is L.Conv2D:
+            kh, kw = la.kernel_size
+            h, w = _output_size(h, w, la.kernel_size, la.strides, la.padding)
+            total += 2.0 * kh * kw * c * la.filters * h * w
+            c = la.filters
+        elif isinstance(la, L.MaxPooling2D | L.AveragePooling2D):
+            h, w = _output_size(h, w, la.pool_size, la.strides, la.padding)
+        elif isinstance(la, L.Flatten):
+            c, h, w = c * h * w, 1, 1
+        elif isinstance(la, L.Dense):
+            total += 2.0 * c * la.units * h * w
+            c = la.units
+    return total
+
+
+def stream_chunk_cells(net: StreamNet, width: int, max_block_mb: float) -> int:
+    """Output-cell rows per strip such that one strip's working memory stays under ``max_block_mb``."""
+    per_cell_row = net.bytes_per_input_row(width) * net.factor
+    return max(1, int(max_block_mb * 2**20 // per_cell_row))
+
+
+def block_side_cells(window_cells: int, max_block_mb: float, bands: int = 12) -> int:
+    """Block side (cells) for the block method: (27 (n + 1 + k))^2 px x ~(12 B per band + 160 B) <= budget."""
+    px = max_block_mb * 2**20 / (12.0 * bands + 160.0)
+    return max(1, int(math.sqrt(px) // STRIDE) - 1 - window_cells)
+
+
+def predict_cells(network, geometry: FcnGeometry, read: RawReader, norm: Normalisation, kx: range, ky: range,
+                  *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, block_cells: int | None = None,
+                  method: str = "auto", progress: Callable[[int, int], None] | None = None,
+                  stats: InferenceStats | None = None, prefetch: bool = True,
+                  on_rows: Callable[[CellRows], None] | None = None, keep_px: int = 0) -> np.ndarray:
+    """Mine probability for cells ``kx`` x ``ky`` as float32 (len(ky), len(kx)); NaN where no data.
+
+    ``read`` returns tile values (uint16) for global pixel windows; ``norm`` turns them into network input.
+    ``method``: 'stream' (see module docstring), 'blocks', or 'auto' (stream when the network allows it).
+    Strip/block size: ``block_cells`` output cells if given, else the largest that fits ``max_block_mb``.
+    ``on_rows`` (stream only; ignored by 'blocks'): called with each :class:`CellRows` as soon as it is
+    final, while the tile rows within ``keep_px`` of its cell centres are still in memory (the impact CNN
+    rates candidates this way without reading the tile again). ``stats.method`` tells which method ran.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    stats = stats if stats is not None else InferenceStats()
+    t0 = time.perf_counter()
+    if len(kx) == 0 or len(ky) == 0:
+        return np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
+    net = None
+    if method in ("auto", "stream"):
+        net = stream_net(network, norm.gain)
+        if net is None and method == "stream":
+            raise ValueError(f"network {network.name} cannot be streamed (not [Conv same -> Pool]+ -> valid layers)")
+    if net is not None:
+        out = _predict_stream(net, network, geometry, read, norm, kx, ky, max_block_mb, block_cells,
+                              progress, stats, prefetch, on_rows, keep_px)
+    else:
+        out = _predict_blocks(network, geometry, read, norm, kx, ky, max_block_mb, block_cells, progress, stats)
+    stats.wall_s = time.perf_counter() - t0
+    rate = stats.flops / stats.wall_s / 1e9 if stats.wall_s else 0.0
+    log.info("FCN (%s, %d-cell %s x %d): %d x %d cells from %d x %d px in %.2f s "
+             "(%.1f GFLOP, %.1f GFLOP/s; read+normalise %.2f s, network %.2f s)", stats.method,
+             stats.chunk_cells, "strips" if stats.method == "stream" else "blocks", stats.strips, len(kx), len(ky), stats.span_px[0], stats.span_px[1], stats.wall_s,
+             stats.flops / 1e9, rate, stats.read_s, stats.compute_s)
+    return out
+
+
+def _valid_counter(geometry: FcnGeometry, nx: int, ny: int):
+    """counts[j, i]: valid pixels in the 27 x 27 px footprint of cell (i, j), accumulated strip by strip."""
+    counts = np.zeros((ny, nx), dtype=np.int32)
+    f0 = STRIDE + geometry.offset  # span pixel where the first cell's footprint starts
+
+    def add(a: int, b: int, valid: np.ndarray | None) -> None:
+        ya, yb = max(a, f0), min(b, f0 + STRIDE * ny)
+        if yb <= ya:
+            return
+        idx = (np.arange(ya, yb) - f0) // STRIDE
+        if valid is None:
+            np.add.at(counts, idx, STRIDE)
+        else:
+            fp = valid[ya - a : yb - a, f0 : f0 + STRIDE * nx].reshape(yb - ya, nx, STRIDE)
+            np.add.at(counts, idx, fp.sum(axis=2, dtype=np.int32))
+
+    return counts, add
+
+
+def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_block_mb, block_cells, progress,
+                    stats, prefetch, on_rows=None, keep_px=0):
+    nx, ny = len(kx), len(ky)
+    c0, c1 = geometry.input_span(kx.start, nx)
+    r0, r1 = geometry.input_span(ky.start, ny)
+    h0, w0 = r1 - r0, c1 - c0
+    n = block_cells or stream_chunk_cells(net, w0, max_block_mb)
+    counts, counter = _valid_counter(geometry, nx, ny)
+    clock = {"read_s": 0.0, "compute_s": 0.0}
+    source = _Source(lambda a, b: read(c0, r0 + a, c1, r0 + b), norm, h0, w0, net.in_channels,
+                     counter, clock, prefetch, keep_raw=on_rows is not None)
+    level: _Level = source
+    width = w0
+    step = n * net.factor
+    for stage in net.stages:
+        width //= stage.pool
+        step //= stage.pool
+        level = _Stage(stage, level, width, step, clock)
+    tail = _Tail(net, level, width - net.reach, int(network.output_shape[-1]), clock)
+    if tail.height != ny + 2:  # pragma: no cover - geometry and network disagree
+        raise AssertionError(f"stream yields {tail.height} rows for {ny} cells")
+    out = np.empty((ny, nx), dtype=np.float32)
+    starts = list(range(1, ny + 1, n))
+    try:
+        for i, a in enumerate(starts):
+            b = min(a + n, ny + 1)
+            # span row of the centre of output row j is f0 + 27 (j - 1) + 13
+            source.keep_from = max(0, STRIDE * a + geometry.offset + STRIDE // 2 - keep_px)
+            out[a - 1 : b - 1] = tail.rows(a, b)[:, 1 : 1 + nx, 1]
+            if on_rows is not None:
+                frac = counts[a - 1 : b - 1] / np.float32(STRIDE * STRIDE)
+                prob = np.where(frac >= MIN_VALID_FRACTION, out[a - 1 : b - 1], np.float32(np.nan))
+                on_rows(CellRows(a - 1, prob, c0, lambda g0, g1: source.raw_rows(g0 - r0, g1 - r0)))
+            if progress:
+                progress(i + 1, len(starts))
+    finally:
+        source.close()
+    stats.method, stats.chunk_cells, stats.strips = "stream", n, len(starts)
+    stats.span_px = (w0, h0)
+    stats.flops = fcn_flops(network, h0, w0)
+    stats.read_s, stats.compute_s = clock["read_s"], clock["compute_s"]
+    frac = counts / np.float32(STRIDE * STRIDE)
+    return np.where(frac >= MIN_VALID_FRACTION, out, np.float32(np.nan)).astype(np.float32)
+
+
+def _chunks(r: range, size: int):
+    for start in range(r.start, r.stop, size):
+        yield start, min(size, r.stop - start)
+
+
+def _predict_blocks(network, geometry, read, norm, kx, ky, max_block_mb, block_cells, progress, stats):
+    """Square blocks, each from its own exact span; blocks of equal shape batched up to the budget."""
+    bands = int(network.input_shape[-1])
+    n = block_cells or block_side_cells(geometry.valid_kernel, max_block_mb, bands)
+    out = np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
+    blocks = [(y0, h, x0, w) for y0, h in _chunks(ky, n) for x0, w in _chunks(kx, n)]
+    off = geometry.offset
+    span_px = lambda cells: STRIDE * (cells + 1 + geometry.valid_kernel)  # noqa: E731
+    per_block = lambda h, w: span_px(h) * span_px(w) * (12.0 * bands + 160.0)  # noqa: E731
+    t_read = t_net = 0.0
+    flops = 0.0
+    done = 0
+    i = 0
+    while i < len(blocks):
+        y0, h, x0, w = blocks[i]
+        batch_n = max(1, int(max_block_mb * 2**20 // per_block(h, w)))
+        group = []
+        while i < len(blocks) and len(group) < batch_n and blocks[i][1] == h and blocks[i][3] == w:
+            group.append(blocks[i])
+            i += 1
+        xs, keep = [], []
+        t = time.perf_counter()
+        for y0, h, x0, w in group:
+            bc0, bc1 = geometry.input_span(x0, w)
+            br0, br1 = geometry.input_span(y0, h)
+            z, valid = norm.apply(read(bc0, br0, bc1, br1))
+            if valid.any():
+                f0 = STRIDE + off
+                fp = valid[f0 : f0 + STRIDE * h, f0 : f0 + STRIDE * w]
+                xs.append(z)
+                keep.append((y0, h, x0, w, fp.reshape(h, STRIDE, w, STRIDE).mean(axis=(1, 3))))
+        t_read += time.perf_counter() - t
+        if xs:
+            t = time.perf_counter()
+            prob = np.asarray(network.predict_on_batch(np.stack(xs)))[:, 1 : 1 + h, 1 : 1 + w, 1]
+            t_net += time.perf_counter() - t
+            flops += len(xs) * fcn_flops(network, xs[0].shape[0], xs[0].shape[1])
+            for p, (y0, h, x0, w, frac) in zip(prob, keep, strict=True):
+                out[y0 - ky.start : y0 - ky.start + h, x0 - kx.start : x0 - kx.start + w] = np.where(
+                    frac >= MIN_VALID_FRACTION, p, np.nan)
+        done += len(group)
+        if progress:
+            progress(done, len(blocks))
+    c0, c1 = geometry.input_span(kx.start, len(kx))
+    r0, r1 = geometry.input_span(ky.start, len(ky))
+    stats.method, stats.chunk_cells, stats.strips = "blocks", n, len(blocks)
+    stats.span_px = (c1 - c0, r1 - r0)
+    stats.flops, stats.read_s, stats.compute_s = flops, t_read, t_net
+    return out
+
+
+def log_progress(what: str, every_s: float = 10.0) -> Callable[[int, int], None]:
+    """A progress callback that logs 'what: i/n strips (p %), eta' at most every ``every_s`` seconds."""
+    start = time.monotonic()
+    last = [start]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            rate = (now - start) / done
+            log.info("%s: %d/%d strips (%.0f %%), %.0f s elapsed, ~%.0f s left", what, done, total,
+                     100 * done / total, now - start, rate * (total - done))
+
+    return report

@@ -1,0 +1,46 @@
+"""A scan plan: which tiles and quadrant jobs a config implies. Computed without network or imagery, so
+Snakemake can lay out the whole DAG (and a dry run can show it) before anything is downloaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minescan.grid import GridSpec, Tile, TileId, quadrants_for_region, tiles_for_region
+from minescan.scan.merge import geodesic_area_km2
+from minescan.vector_io import read_region
+
+
+@dataclass
+class ScanPlan:
+    region_name: str
+    region: object  # shapely geometry, EPSG:4326
+    grid: GridSpec
+    tiles: list[str] = field(default_factory=list)
+    quadrants: list[tuple[str, str]] = field(default_factory=list)
+
+    def tile(self, name: str) -> Tile:
+        return Tile(TileId.parse(name), self.grid)
+
+    @property
+    def region_area_km2(self) -> float:
+        return geodesic_area_km2(self.region)
+
+    def as_dict(self) -> dict:
+        return {"region": self.region_name, "area_km2": round(self.region_area_km2, 3),
+                "grid": {"tile_px": self.grid.tile_px, "resolution_m": self.grid.resolution_m,
+                         "halo_px": self.grid.halo_px},
+                "tiles": self.tiles, "quadrants": [f"{t}_{q}" for t, q in self.quadrants]}
+
+
+def scan_plan(cfg: dict) -> ScanPlan:
+    grid = GridSpec.from_config(cfg)
+    region_file = cfg["region"]["file"]
+    region = read_region(region_file, cfg["region"]["layer"])
+    tiles = tiles_for_region(region, grid, source=region_file)
+    plan = ScanPlan(cfg["region"]["name"], region, grid)
+    for tile in tiles:
+        qs = quadrants_for_region(region, tile)
+        if qs:
+            plan.tiles.append(tile.name)
+            plan.quadrants.extend((tile.name, q) for q in qs)
+    return plan

@@ -1,0 +1,234 @@
+"""Tile GeoTIFFs: making them from local imagery (any CRS) and reading windows of them.
+
+A tile file is a tiled, DEFLATE-compressed uint16 GeoTIFF in the tile's UTM CRS, covering core + halo on
+the grid of :mod:`minescan.grid`, with the band names as band descriptions (the models select bands by
+name). It is written to a temporary name and renamed when complete, so a crash never leaves a partial
+tile that a rerun would take as done.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from minescan.errors import BandMismatchError, InputDataError, NoDataError
+from minescan.grid import Tile
+from minescan.io_utils import atomic_output
+
+log = logging.getLogger(__name__)
+
+TILE_PROFILE = {"driver": "GTiff", "dtype": "uint16", "tiled": True, "blockxsize": 512, "blockysize": 512,
+                "compress": "deflate", "predictor": 2, "interleave": "pixel", "bigtiff": "if_safer"}
+
+
+def expand_sources(paths: list[str], period: str | None = None) -> list[Path]:
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw.replace("{period}", period or ""))
+        if p.is_dir():
+            out.extend(sorted(list(p.glob("*.tif")) + list(p.glob("*.tiff"))))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputDataError(f"{p}: source imagery not found (key 'source.local.paths')")
+    if not out:
+        raise InputDataError(f"no GeoTIFF found in {', '.join(paths)} (key 'source.local.paths')")
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _source_footprint(path: str, mtime_ns: int, size: int):
+    """(CRS, bounds) of a GeoTIFF from its header, or None when it cannot be read or has no CRS.
+
+    Cached by path, mtime and size, so a DAG of many tiles reads each header once.
+    """
+    try:
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                return None
+            return ds.crs, tuple(ds.bounds)
+    except RasterioError:
+        return None
+
+
+def sources_for_tile(tile: Tile, sources: list[str | Path]) -> list[str]:
+    """The sources whose footprint meets the tile's GeoTIFF area (core + halo), in the given order.
+
+    A tile then depends only on the imagery that can reach it: adding, replacing or touching a GeoTIFF
+    elsewhere re-runs nothing of this tile. The test is on bounding boxes (the tile's area warped into
+    each source's CRS with densified edges, against the source's bounds), so it may keep a source that
+    only nearly reaches the tile, never drop one that does: a source whose header cannot be read, that has
+    no CRS or into whose CRS the tile cannot be projected is kept (the tile job then names it if it is
+    bad). If no source meets the tile, all are returned, so the tile job fails with its "no source covers
+    it" message instead of the DAG silently losing the tile.
+    """
+    from rasterio.warp import transform_bounds
+
+    p0, q0 = tile.origin_px
+    r = tile.grid.resolution_m
+    tx0, ty1 = p0 * r, -q0 * r
+    tx1, ty0 = tx0 + tile.size_px * r, ty1 - tile.size_px * r
+    keep: list[str] = []
+    for src in sources:
+        path = Path(src)
+        try:
+            st = path.stat()
+        except OSError:
+            keep.append(str(src))
+            continue
+        fp = _source_footprint(str(path), st.st_mtime_ns, st.st_size)
+        if fp is None:
+            keep.append(str(src))
+            continue
+        crs, (sx0, sy0, sx1, sy1) = fp
+        try:
+            x0, y0, x1, y1 = transform_bounds(tile.crs, crs, tx0, ty0, tx1, ty1, densify_pts=21)
+        except Exception:  # noqa: BLE001 - cannot tell: keep it
+            keep.append(str(src))
+            continue
+        if not all(np.isfinite([x0, y0, x1, y1])):
+            keep.append(str(src))
+            continue
+        # a tile across the antimeridian comes back as x0 > x1 in a geographic CRS: two x ranges
+        xs = [(x0, x1)] if x0 <= x1 else [(x0, 180.0), (-180.0, x1)]
+        if y0 < sy1 and y1 > sy0 and any(a < sx1 and b > sx0 for a, b in xs):
+            keep.append(str(src))
+    return keep or [str(s) for s in sources]
+
+
+def band_names_of(ds, path, configured: list[str] | None = None) -> list[str]:
+    if configured:
+        if len(configured) != ds.count:
+            raise BandMismatchError(
+                f"{path}: has {ds.count} bands but 'source.local.band_names' lists {len(configured)}")
+        return list(configured)
+    names = [d or "" for d in ds.descriptions]
+    if not all(names):
+        raise BandMismatchError(
+            f"{path}: band descriptions are missing (bands {', '.join(str(i + 1) for i, n in enumerate(names) if not n)}); "
+            "set 'source.local.band_names'")
+    return names
+
+
+def open_raster(path):
+    try:
+        return rasterio.open(path)
+    except RasterioError as exc:
+        raise InputDataError(f"{path}: cannot be opened as a GeoTIFF ({exc})") from exc
+
+
+def make_tile(tile: Tile, sources: list[Path], bands: list[str], out_path, band_names: list[str] | None = None,
+              resampling: str = "nearest", nodata: int = 0, block_rows: int = 1024) -> dict:
+    """Warp ``sources`` (first valid pixel wins) into the tile's grid and write the tile GeoTIFF."""
+    size = tile.size_px
+    inputs = []
+    for path in sources:
+        ds = open_raster(path)
+        names = band_names_of(ds, path, band_names)
+        missing = [b for b in bands if b not in names]
+        if missing:
+            ds.close()
+            raise BandMismatchError(f"{path}: band(s) {', '.join(missing)} missing (it has {', '.join(names)})")
+        if ds.crs is None:
+            ds.close()
+            raise InputDataError(f"{path}: has no CRS")
+        inputs.append((path, ds, [names.index(b) + 1 for b in bands]))
+    profile = dict(TILE_PROFILE, count=len(bands), width=size, height=size, crs=tile.crs,
+                   transform=tile.transform, nodata=nodata)
+    valid_px = 0
+    try:
+        with atomic_output(out_path) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.descriptions = tuple(bands)
+                dst.update_tags(TILE_ID=tile.name, HALO_PX=str(tile.grid.halo_px))
+                vrts = [(p, WarpedVRT(ds, crs=tile.crs, transform=tile.transform, width=size, height=size,
+                                      resampling=Resampling[resampling], nodata=ds.nodata if ds.nodata is not None else nodata),
+                         idx) for p, ds, idx in inputs]
+                for row0 in range(0, size, block_rows):
+                    win = Window(0, row0, size, min(block_rows, size - row0))
+                    block = np.full((len(bands), win.height, win.width), nodata, dtype=np.uint16)
+                    filled = np.zeros((win.height, win.width), dtype=bool)
+                    for path, vrt, idx in vrts:
+                        try:
+                            data = vrt.read(idx, window=win)
+                        except RasterioError as exc:
+                            raise InputDataError(f"{path}: read failed while making tile {tile.name} ({exc})") from exc
+                        ok = np.all(data != nodata, axis=0) & ~filled
+                        block[:, ok] = np.clip(data[:, ok], 0, 65535).astype(np.uint16)
+                        filled |= ok
+                    valid_px += int(filled.sum())
+                    dst.write(block, window=win)
+                for _, vrt, _ in vrts:
+                    vrt.close()
+            if valid_px == 0:
+                raise NoDataError(
+                    f"tile {tile.name}: no source covers it ({', '.join(str(p) for p in sources)}); "
+                    "the region lies outside the imagery")
+    finally:
+        for _, ds, _ in inputs:
+            ds.close()
+    return {"tile": tile.name, "valid_fraction": valid_px / size**2}
+
+
+class TileRaster:
+    """Windowed reads from a tile GeoTIFF in *global* grid pixels, with validation of its georeferencing."""
+
+    def __init__(self, path, tile: Tile | None = None):
+        self.path = Path(path)
+        self.ds = open_raster(self.path)
+        self.band_names = [d or "" for d in self.ds.descriptions]
+        self.nodata = self.ds.nodata if self.ds.nodata is not None else 0
+        if tile is not None:
+            if self.ds.crs is None or self.ds.crs.to_epsg() != tile.id.epsg:
+                raise InputDataError(f"{self.path}: CRS {self.ds.crs} is not EPSG:{tile.id.epsg} of tile {tile.name}")
+            if not self.ds.transform.almost_equals(tile.transform, precision=1e-6) or \
+                    (self.ds.width, self.ds.height) != (tile.size_px, tile.size_px):
+                raise InputDataError(
+                    f"{self.path}: georeferencing does not match tile {tile.name} of the grid "
+                    f"(expected {tile.size_px}x{tile.size_px} px at {tuple(tile.transform)[:6]}, "
+                    f"found {self.ds.width}x{self.ds.height} px at {tuple(self.ds.transform)[:6]}); "
+                    "was it made with another grid.tile_px/halo_px/resolution_m?")
+            self.origin = tile.origin_px
+        else:
+            self.origin = (0, 0)
+
+    def close(self):
+        self.ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def band_indices(self, wanted: list[str]) -> list[int]:
+        missing = [b for b in wanted if b not in self.band_names]
+        if missing:
+            raise BandMismatchError(
+                f"{self.path}: band(s) {', '.join(missing)} missing (the file has {', '.join(n or '?' for n in self.band_names)})")
+        return [self.band_names.index(b) for b in wanted]
+
+    def read_px(self, col0: int, row0: int, col1: int, row1: int, bands: list[int]) -> np.ndarray:
+        """Read global pixels [col0, col1) x [row0, row1) of the given 0-based bands as (H, W, B) uint16.
+
+        Pixels beyond the file are returned as nodata (the caller checks its halo requirement first).
+        """
+        c0, r0 = col0 - self.origin[0], row0 - self.origin[1]
+        win = Window(c0, r0, col1 - col0, row1 - row0)
+        inside = c0 >= 0 and r0 >= 0 and c0 + win.width <= self.ds.width and r0 + win.height <= self.ds.height
+        try:
+            if inside:
+                data = self.ds.read([b + 1 for b in bands], window=win)
+            else:
+                data = self.ds.read([b + 1 for b in bands], window=win, boundless=True, fill_value=self.nodata)
+        except RasterioError as exc:
+            raise InputDataError(f"{self.path}: corrupt or unreadable ({exc})") from exc
+        return np.moveaxis(data, 0, -1)
