@@ -37,7 +37,7 @@ from minescan.sources.gee.composite import build_composite, qa60_gap_warning, re
 from minescan.sources.gee.recorder import RecordingEE
 from minescan.sources.gee.retry import Retrier, is_retryable
 from minescan.sources.gee.settings import REQUEST_LIMIT_BYTES, GeeSettings
-from minescan.sources.gee.tiles import acquire_tile, tile_bounds
+from minescan.sources.gee.tiles import acquire_tile
 
 GRID = GridSpec(tile_px=512, resolution_m=10.0, halo_px=64)  # 640 x 640 px tiles: quick
 TILE = Tile(TileId(21, "S", 93, 1440), GRID)
@@ -128,7 +128,7 @@ L1C_CS = (
 
 def test_composite_expression_cloud_score_plus(tmp_path):
     ee = RecordingEE()
-    bounds = tile_bounds(TILE)
+    bounds = TILE.bounds
     # the halo is included: 640 px of 10 m from the tile's top-left corner
     assert bounds == (93 * 5120 - 640, 1440 * 5120 - 640, 94 * 5120 + 640, 1441 * 5120 + 640)
     image = build_composite(ee, settings(tmp_path), "2026Q1", rectangle(ee, bounds, TILE.id.epsg))
@@ -228,7 +228,7 @@ def test_compute_pixels_tile_values_georeferencing_and_requests(tmp_path):
     tags = check_tile_file(out, TILE)
     assert tags["GEE_PERIOD"] == "2026Q1" and tags["GEE_START"] == "2026-01-01" and tags["VALID_FRACTION"] == "1.000000"
     assert json.loads(tags["GEE_DEFINITION"])["cs_threshold"] == 0.6
-    expr = L1C_CS.format(b=", ".join(repr(float(v)) for v in tile_bounds(TILE)))
+    expr = L1C_CS.format(b=", ".join(repr(float(v)) for v in TILE.bounds))
     seen = set()
     for req in data.requests:
         assert repr(req["expression"]) == expr

@@ -26,7 +26,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import shapely
 from affine import Affine
-from pyproj import CRS, Transformer
+from pyproj import CRS, Geod, Transformer
 from shapely.geometry import Polygon, box
 
 from minescan.errors import ConfigError, InputDataError
@@ -52,8 +52,37 @@ class GridSpec:
         return self.tile_px * self.resolution_m
 
 
+_GEOD = Geod(ellps="WGS84")
+
+
 def utm_epsg(zone: int, hemisphere: str) -> int:
     return (32600 if hemisphere == "N" else 32700) + zone
+
+
+def geodesic_area_m2(geom_lonlat) -> float:
+    """Area of a lon/lat geometry on the WGS84 ellipsoid, in m²."""
+    return abs(_GEOD.geometry_area_perimeter(geom_lonlat)[0])
+
+
+def zone_label_epsg(label) -> int | None:
+    """UTM EPSG code of a zone label such as '21S' (zone 21, southern hemisphere); None if not such a label."""
+    if isinstance(label, str) and len(label) == 3 and label[:2].isdigit() and label[2] in "NS":
+        return utm_epsg(int(label[:2]), label[2])
+    return None
+
+
+def site_epsgs(geoms_lonlat, zones=None) -> list[int]:
+    """UTM EPSG code per geometry (lon/lat): from its zone label where it has a valid one, else from its
+    representative point."""
+    zones = list(zones) if zones is not None else [None] * len(geoms_lonlat)
+    out = []
+    for g, z in zip(geoms_lonlat, zones, strict=True):
+        epsg = zone_label_epsg(z)
+        if epsg is None:
+            p = g.representative_point()
+            epsg = utm_epsg(*zone_of(p.x, p.y))
+        out.append(epsg)
+    return out
 
 
 def zone_strip(zone: int, hemisphere: str) -> Polygon:
@@ -134,6 +163,12 @@ class Tile:
         p0, q0 = self.origin_px
         r = self.grid.resolution_m
         return Affine(r, 0.0, p0 * r, 0.0, -r, -q0 * r)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the tile's GeoTIFF (core + halo) in its UTM CRS."""
+        t, size = self.transform, self.size_px
+        return (t.c, t.f + size * t.e, t.c + size * t.a, t.f)
 
     def quadrant_core_px(self, quadrant: str) -> tuple[int, int, int, int]:
         """Global pixel bounds (col0, row0, col1, row1), end-exclusive, of a quadrant core."""

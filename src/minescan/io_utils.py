@@ -31,3 +31,14 @@ def atomic_output(path: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(table, path) -> None:
+    """A table as CSV (no index, '\n' line ends), atomically; a GeoDataFrame without its geometry column."""
+    import geopandas as gpd
+    import pandas as pd
+
+    if isinstance(table, gpd.GeoDataFrame):
+        table = pd.DataFrame(table.drop(columns=table.geometry.name))
+    with atomic_output(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")

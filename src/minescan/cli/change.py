@@ -10,8 +10,6 @@ import json
 def cmd_change(args) -> int:
     from minescan.layers.change import run_change
 
-    if len(args.periods) != len(args.sites):
-        raise SystemExit("minescan change: --periods and --sites must list as many items, in the same order")
     s = run_change(region_name=args.region_name, periods=args.periods, history=args.sites, outdir=args.outdir,
                    min_overlap=args.min_overlap, min_growth=args.min_growth)
     c = s["change"]

@@ -82,14 +82,13 @@ def cmd_plan(args) -> int:
         from minescan.scan.plan import scan_plan
         from minescan.sources.gee.composite import build_composite, rectangle
         from minescan.sources.gee.recorder import RecordingEE
-        from minescan.sources.gee.tiles import tile_bounds
 
         sp = scan_plan(cfg)
         tile = sp.tile(sp.tiles[0])
         ee = RecordingEE()
         plan["expression"] = {"tile": tile.name, "period": cfg["periods"][0],
                               "image": repr(build_composite(ee, settings, cfg["periods"][0],
-                                                            rectangle(ee, tile_bounds(tile), tile.id.epsg),
+                                                            rectangle(ee, tile.bounds, tile.id.epsg),
                                                             warn=False))}
     if args.json:
         print(json.dumps(plan, indent=2, sort_keys=True, default=str))

@@ -33,16 +33,14 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
-from pyproj import Geod
 from shapely.ops import unary_union
 
 from minescan.errors import InputDataError
-from minescan.grid import to_crs, utm_epsg, zone_of
-from minescan.io_utils import atomic_output, atomic_write_text
+from minescan.grid import geodesic_area_m2, site_epsgs, to_crs
+from minescan.io_utils import atomic_write_text, write_csv
+from minescan.kml import kml_placemark, kml_polygon_geometry, kml_polygon_styles, write_kml_document
 from minescan.periods import sort_periods
-from minescan.scan.merge import kml_placemark, kml_polygon_styles, write_kml_document
 from minescan.vector_io import read_vector, write_vector
 
 log = logging.getLogger(__name__)
@@ -60,29 +58,23 @@ CUMULATIVE_COLUMNS = ["track_id", "status", "first_seen", "last_seen", "n_period
 
 # ------------------------------------------------------------------------------------------- matching
 
-_GEOD = Geod(ellps="WGS84")
 
 
-def _prepare(sites: gpd.GeoDataFrame, period: str) -> gpd.GeoDataFrame:
-    """Sites in EPSG:4326 with site_id, area_ha, impact, zone and a UTM EPSG per site."""
+def prepare_sites(sites: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Sites in EPSG:4326 with site_id, area_ha, impact, zone and a UTM EPSG per site (``_epsg``), sorted by
+    site_id. Sites prepared already are returned as they are."""
+    if "_epsg" in sites.columns:
+        return sites
     s = sites.to_crs(4326) if sites.crs is not None else sites.set_crs(4326)
     s = s[s.geometry.notna() & ~s.geometry.is_empty].copy()
     if "site_id" not in s:
         s["site_id"] = [f"site-{i}" for i in range(len(s))]
     s["site_id"] = s["site_id"].astype(str)
     if "area_ha" not in s:
-        s["area_ha"] = [abs(_GEOD.geometry_area_perimeter(g)[0]) / 1e4 for g in s.geometry]
+        s["area_ha"] = [geodesic_area_m2(g) / 1e4 for g in s.geometry]
     if "impact" not in s:
         s["impact"] = "unrated"
-    epsg = []
-    for g, zone in zip(s.geometry, s["zone"] if "zone" in s else [None] * len(s), strict=True):
-        if isinstance(zone, str) and len(zone) == 3 and zone[:2].isdigit():
-            epsg.append(utm_epsg(int(zone[:2]), zone[2]))
-        else:
-            c = g.representative_point()
-            epsg.append(utm_epsg(*zone_of(c.x, c.y)))
-    s["_epsg"] = epsg
-    s["_period"] = period
+    s["_epsg"] = site_epsgs(s.geometry, s["zone"] if "zone" in s else None)
     return s.sort_values("site_id").reset_index(drop=True)
 
 
@@ -158,7 +150,7 @@ def compare_sites(previous: gpd.GeoDataFrame, current: gpd.GeoDataFrame, *, min_
     Geometry: the current sites of the group (the previous ones for 'vanished'). Areas in ha, from the
     sites' ``area_ha`` (computed in UTM by the merge) where present.
     """
-    prev, curr = _prepare(previous, "previous"), _prepare(current, "current")
+    prev, curr = prepare_sites(previous), prepare_sites(current)
     rows = []
     for comp in _groups([prev, curr], min_overlap):
         p_idx = [i for f, i in comp if f == 0]
@@ -192,7 +184,7 @@ def cumulative_sites(history: list[tuple[str, gpd.GeoDataFrame]], *, min_overlap
     if not history:
         raise InputDataError("cumulative layer: no period given")
     periods = [p for p, _ in history]
-    frames = [_prepare(s, p) for p, s in history]
+    frames = [prepare_sites(s) for _, s in history]
     first, now = 0, len(frames) - 1
     rows = []
     for comp in _groups(frames, min_overlap):
@@ -216,7 +208,7 @@ def cumulative_sites(history: list[tuple[str, gpd.GeoDataFrame]], *, min_overlap
             "area_ha": round(area_now, 4), "first_area_ha": round(areas[seen[0]], 4),
             "base_area_ha": round(base, 4), "area_change_ha": round(area_now - base, 4),
             "max_area_ha": round(max(areas.values()), 4),
-            "footprint_ha": round(abs(_GEOD.geometry_area_perimeter(footprint)[0]) / 1e4, 4),
+            "footprint_ha": round(geodesic_area_m2(footprint) / 1e4, 4),
             "impact": _dominant(frames[latest].iloc[by_period[latest]]["impact"]),
             "lon": lon, "lat": lat, "geometry": footprint,
         })
@@ -227,22 +219,6 @@ def cumulative_sites(history: list[tuple[str, gpd.GeoDataFrame]], *, min_overlap
 
 # -------------------------------------------------------------------------------------------- writing
 
-def _kml_coords(ring) -> str:
-    return " ".join(f"{x:.7f},{y:.7f},0" for x, y in ring.coords)
-
-
-def _kml_polygons(geom) -> str:
-    polys = [geom] if geom.geom_type == "Polygon" else [g for g in getattr(geom, "geoms", []) if
-                                                         g.geom_type == "Polygon"]
-    parts = []
-    for poly in polys:
-        inner = "".join(f"<innerBoundaryIs><LinearRing><coordinates>{_kml_coords(r)}</coordinates></LinearRing>"
-                        "</innerBoundaryIs>" for r in poly.interiors)
-        parts.append(f"<Polygon><outerBoundaryIs><LinearRing><coordinates>{_kml_coords(poly.exterior)}"
-                     f"</coordinates></LinearRing></outerBoundaryIs>{inner}</Polygon>")
-    return parts[0] if len(parts) == 1 else f"<MultiGeometry>{''.join(parts)}</MultiGeometry>"
-
-
 def write_change_kml(layer: gpd.GeoDataFrame, path, title: str, name_column: str) -> None:
     """Polygons coloured by status (red new, orange grown, blue shrunk, white unchanged, grey vanished)."""
     cols = [c for c in layer.columns if c != "geometry"]
@@ -251,18 +227,13 @@ def write_change_kml(layer: gpd.GeoDataFrame, path, title: str, name_column: str
         d = r._asdict()
         name = d[name_column] or d.get("previous_site_id") or d["status"]
         placemarks.append(kml_placemark(name, d["status"], [(k, "" if d[k] is None else d[k]) for k in cols],
-                                        _kml_polygons(r.geometry)))
+                                        kml_polygon_geometry(r.geometry)))
     write_kml_document(path, title, kml_polygon_styles(STATUS_COLOURS), placemarks)
-
-
-def _write_csv(layer: gpd.GeoDataFrame, path) -> None:
-    with atomic_output(path) as tmp:
-        pd.DataFrame(layer.drop(columns="geometry")).to_csv(tmp, index=False, lineterminator="\n")
 
 
 def _write_layer(layer: gpd.GeoDataFrame, outdir: Path, name: str, title: str, name_column: str) -> None:
     write_vector(layer, outdir / f"{name}.gpkg", layer=name)
-    _write_csv(layer, outdir / f"{name}.csv")
+    write_csv(layer, outdir / f"{name}.csv")
     write_change_kml(layer, outdir / f"{name}.kml", title, name_column)
 
 
@@ -287,12 +258,14 @@ def run_change(*, region_name: str, periods: list[str], history: list[str | Path
 
     ``periods`` and ``history`` (their sites.gpkg) are oldest first; the last is the scan's own period.
     """
-    if len(periods) != len(history) or len(periods) < 2:
+    if len(periods) != len(history):
+        raise InputDataError("change: --periods and --sites must list as many items, in the same order")
+    if len(periods) < 2:
         raise InputDataError("change: give at least two periods, each with its sites file, oldest first")
     if periods != sort_periods(periods):
         raise InputDataError(f"change: periods must be distinct and oldest first, got {', '.join(periods)}")
     outdir = Path(outdir)
-    frames = [load_sites(p) for p in history]
+    frames = [prepare_sites(load_sites(p)) for p in history]  # once, for both layers
     period, prev_period = periods[-1], periods[-2]
     change = compare_sites(frames[-2], frames[-1], min_overlap=min_overlap, min_growth=min_growth)
     cumulative = cumulative_sites(list(zip(periods, frames, strict=True)), min_overlap=min_overlap,

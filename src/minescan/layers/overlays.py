@@ -31,9 +31,10 @@ import shapely
 from shapely.geometry import box
 
 from minescan.errors import ConfigError, InputDataError
-from minescan.grid import utm_epsg, zone_of
-from minescan.io_utils import atomic_write_text
-from minescan.scan.merge import KML_COLOURS, kml_placemark, kml_polygon_styles, write_csv, write_kml_document
+from minescan.grid import site_epsgs
+from minescan.io_utils import atomic_write_text, write_csv
+from minescan.kml import kml_placemark, kml_polygon_geometry, kml_polygon_styles, write_kml_document
+from minescan.scan.merge import KML_COLOURS
 from minescan.vector_io import read_vector, write_vector
 
 log = logging.getLogger(__name__)
@@ -146,10 +147,8 @@ def _text(v) -> str:
 
 def site_epsg(sites: gpd.GeoDataFrame) -> pd.Series:
     """UTM EPSG code of every site: from its 'zone' column (e.g. '21S'), else from its centroid."""
-    if "zone" in sites.columns:
-        return sites["zone"].map(lambda z: utm_epsg(int(str(z)[:2]), str(z)[2]))
-    c = sites.geometry.representative_point()
-    return pd.Series([utm_epsg(*zone_of(p.x, p.y)) for p in c], index=sites.index)
+    zones = sites["zone"] if "zone" in sites.columns else None
+    return pd.Series(site_epsgs(sites.geometry, zones), index=sites.index)
 
 
 def _window(part: gpd.GeoDataFrame, margin_m: float):
@@ -309,7 +308,7 @@ def write_polygon_kml(sites: gpd.GeoDataFrame, path, title: str, fields: list[st
     for r in sites.itertuples(index=False):
         row = r._asdict()
         placemarks.append(kml_placemark(row["site_id"], row["impact"], [(k, _fmt_value(row.get(k))) for k in fields],
-                                        _kml_geometry(row[sites.geometry.name])))
+                                        kml_polygon_geometry(row[sites.geometry.name])))
     write_kml_document(path, title, kml_polygon_styles(KML_COLOURS), placemarks)
 
 
@@ -317,24 +316,6 @@ def _fmt_value(v) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:g}"
     return str(v)
-
-
-def _kml_ring(ring) -> str:
-    coords = " ".join(f"{x:.7f},{y:.7f},0" for x, y in ring.coords)
-    return f"<LinearRing><coordinates>{coords}</coordinates></LinearRing>"
-
-
-def _kml_geometry(geom) -> str:
-    polys = list(geom.geoms) if geom.geom_type == "MultiPolygon" else [geom]
-    body = "".join(
-        f"<Polygon><outerBoundaryIs>{_kml_ring(p.exterior)}</outerBoundaryIs>"
-        + "".join(f"<innerBoundaryIs>{_kml_ring(h)}</innerBoundaryIs>" for h in p.interiors) + "</Polygon>"
-        for p in polys)
-    return f"<MultiGeometry>{body}</MultiGeometry>" if len(polys) > 1 else body
-
-
-def _table(sites: gpd.GeoDataFrame) -> pd.DataFrame:
-    return pd.DataFrame(sites.drop(columns=sites.geometry.name))
 
 
 def run_layers(sites_path, outdir, settings: dict, *, region_name: str, period: str, results_dir: str = "results",
@@ -353,9 +334,9 @@ def run_layers(sites_path, outdir, settings: dict, *, region_name: str, period: 
     unregistered = sort_unregistered(annotated)
 
     write_vector(annotated, outdir / "sites_annotated.gpkg", layer="sites")
-    write_csv(_table(annotated), outdir / "sites_annotated.csv")
+    write_csv(annotated, outdir / "sites_annotated.csv")
     write_vector(unregistered, outdir / "unregistered.gpkg", layer="unregistered")
-    write_csv(_table(unregistered), outdir / "unregistered.csv")
+    write_csv(unregistered, outdir / "unregistered.csv")
     kml_fields = ["max_probability", "mean_probability", "area_ha", "impact", "registry_layer", "registry_id",
                   "registry_name", "registry_distance_m", "areas", "admin", "lon", "lat"]
     write_polygon_kml(unregistered, outdir / "unregistered.kml",

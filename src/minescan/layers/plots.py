@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from minescan.io_utils import atomic_output
+from minescan.io_utils import atomic_output, write_csv
+from minescan.vector_io import read_vector
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +205,13 @@ def summary_table(summary: dict, layers: dict | None) -> pd.DataFrame:
 def make_plots(outdir, *, summary_path, detections_path, rejected_path, sites_path=None, layers_path=None,
                areas_path=None, cards: dict[str, str] | None = None) -> list[Path]:
     """Write the four plots and the summary table into ``outdir``; return their paths."""
-    import geopandas as gpd
-
     outdir = Path(outdir)
     summary = json.loads(Path(summary_path).read_text())
     layers = json.loads(Path(layers_path).read_text()) if layers_path else None
     det = pd.read_csv(detections_path)
     rej = pd.read_csv(rejected_path)
     if sites_path:
-        sites = pd.DataFrame(gpd.read_file(sites_path).drop(columns="geometry"))
+        sites = pd.DataFrame(read_vector(sites_path, what="sites file").drop(columns="geometry"))
     else:
         sites = pd.DataFrame(columns=["impact"])
     areas = pd.read_csv(areas_path) if areas_path else pd.DataFrame(columns=["name", "kind"])
@@ -222,7 +221,6 @@ def make_plots(outdir, *, summary_path, detections_path, rejected_path, sites_pa
     plot_area_by_area(areas, paths[1])
     plot_probability_histogram(det, rej, summary, paths[2])
     plot_model_metrics(model_cards, paths[3])
-    with atomic_output(outdir / TABLE) as tmp:
-        summary_table(summary, layers).to_csv(tmp, index=False, lineterminator="\n")
+    write_csv(summary_table(summary, layers), outdir / TABLE)
     log.info("report plots written to %s", outdir)
     return [*paths, outdir / TABLE]

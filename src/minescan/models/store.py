@@ -154,11 +154,17 @@ def read_card(directory: str | Path) -> dict:
     return card
 
 
-def load_model(directory: str | Path, expect_kind: str | None = None) -> LoadedModel:
-    directory = Path(directory)
+def read_card_of_kind(directory: str | Path, expect_kind: str | None = None) -> dict:
+    """The model card, checked to be of ``expect_kind`` (when given)."""
     card = read_card(directory)
     if expect_kind and card["kind"] != expect_kind:
         raise ModelError(f"{directory}: is a '{card['kind']}' model, expected '{expect_kind}'")
+    return card
+
+
+def load_model(directory: str | Path, expect_kind: str | None = None) -> LoadedModel:
+    directory = Path(directory)
+    card = read_card_of_kind(directory, expect_kind)
     weights = directory / MODEL_FILE
     if not weights.is_file():
         raise ModelError(f"{weights}: model weights not found")

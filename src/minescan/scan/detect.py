@@ -14,11 +14,11 @@ from affine import Affine
 from rasterio.io import MemoryFile
 from shapely import contains_xy
 
-from minescan.errors import ModelError, NoDataError
+from minescan.errors import NoDataError
 from minescan.grid import Tile, cell_centres_utm, cells_in_core, check_halo, region_in_tile_crs
 from minescan.io_utils import atomic_output
 from minescan.models.networks import IMPACT_CLASSES, STRIDE, FcnGeometry
-from minescan.models.store import LoadedModel, load_model, read_card
+from minescan.models.store import LoadedModel, load_model, read_card_of_kind
 from minescan.scan.inference import (
     DEFAULT_MAX_BLOCK_MB,
     CellRows,
@@ -46,6 +46,24 @@ def _raw_reader(raster: TileRaster, model: LoadedModel):
 
 def normalisation(raster: TileRaster, model: LoadedModel, scale: float) -> Normalisation:
     return Normalisation.from_card(model.card["normalisation"], scale, raster.nodata)
+
+
+def patch_origin(cells: np.ndarray, window: int) -> np.ndarray:
+    """Tile pixel of the first row (or column) of the ``window``-px patch centred on each cell's centre pixel."""
+    return cells * STRIDE + STRIDE // 2 - window // 2
+
+
+def candidate_cells(prob: np.ndarray, threshold: float, kx0: int, ky0: int, resolution_m: float,
+                    region_tile=None):
+    """The candidates of a probability grid whose cell (0, 0) is cell (``kx0``, ``ky0``): cells at or above
+    ``threshold`` (never NaN) whose centre lies in ``region_tile`` (the region in the tile's CRS; None: all).
+    Returns their grid indices (iy, ix) and cell numbers (cx, cy)."""
+    iy, ix = np.nonzero(np.nan_to_num(prob, nan=-1.0) >= threshold)
+    cx, cy = kx0 + ix, ky0 + iy
+    if region_tile is not None and len(cx):
+        keep = contains_xy(region_tile, *cell_centres_utm(cx, cy, resolution_m))
+        iy, ix, cx, cy = iy[keep], ix[keep], cx[keep], cy[keep]
+    return iy, ix, cx, cy
 
 
 def gdal_cache_bytes(raster: TileRaster, width_px: int) -> int:
@@ -95,12 +113,14 @@ def quadrant_probabilities(raster: TileRaster, tile: Tile, quadrant: str, model:
 class StreamRater:
     """Rates candidate cells with the impact CNN while the FCN streams, from the tile rows still in memory
     (no second read of the tile). Cells at or above ``threshold`` are rated in batches of ``batch_size``;
-    ``ratings`` maps (cell_x, cell_y) to the 3 class probabilities. Needs the impact model's bands to be
+    ``ratings`` maps (cell_x, cell_y) to the 3 class probabilities; only the candidates (the cells
+    :func:`candidate_cells` selects, in ``region_tile``) are rated. Needs the impact model's bands to be
     among the discovery model's; ``usable`` says whether they are."""
 
     def __init__(self, impact: LoadedModel, fcn_bands: list[str], threshold: float, scale: float, nodata: float,
-                 batch_size: int = 512):
+                 batch_size: int = 512, resolution_m: float = 10.0, region_tile=None):
         self.model, self.threshold, self.batch_size = impact, threshold, batch_size
+        self.resolution_m, self.region_tile = resolution_m, region_tile
         self.usable = all(b in fcn_bands for b in impact.bands)
         self.pos = [fcn_bands.index(b) for b in impact.bands] if self.usable else []
         self.norm = Normalisation.from_card(impact.card["normalisation"], scale, nodata)
@@ -114,14 +134,13 @@ class StreamRater:
         return self
 
     def __call__(self, rows: CellRows) -> None:
-        iy, ix = np.nonzero(np.nan_to_num(rows.prob, nan=-1.0) >= self.threshold)
-        if len(iy) == 0:
+        _, _, cx, cy = candidate_cells(rows.prob, self.threshold, self.kx.start, self.ky.start + rows.first,
+                                       self.resolution_m, self.region_tile)
+        if len(cy) == 0:
             return
         w = self.model.window
-        cy = self.ky.start + rows.first + iy
-        cx = self.kx.start + ix
-        row0 = cy * STRIDE + STRIDE // 2 - w // 2  # global pixel of each patch's top-left corner
-        col0 = cx * STRIDE + STRIDE // 2 - w // 2 - rows.col0
+        row0 = patch_origin(cy, w)  # global pixel of each patch's top-left corner
+        col0 = patch_origin(cx, w) - rows.col0
         top = int(row0.min())
         try:
             raw = rows.raw(top, int(row0.max()) + w)
@@ -165,12 +184,10 @@ def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile:
 def candidates_table(prob: np.ndarray, kx: range, ky: range, tile: Tile, quadrant: str, region_lonlat,
                      threshold: float) -> pd.DataFrame:
     """Cells at or above ``threshold`` whose centre lies in the region (and the tile's zone strip)."""
-    iy, ix = np.nonzero(np.nan_to_num(prob, nan=-1.0) >= threshold)
-    cx = np.asarray(kx)[ix]
-    cy = np.asarray(ky)[iy]
+    iy, ix, cx, cy = candidate_cells(prob, threshold, kx.start, ky.start, tile.grid.resolution_m,
+                                     region_in_tile_crs(region_lonlat, tile))
     e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m)
-    inside = contains_xy(region_in_tile_crs(region_lonlat, tile), e, n) if len(e) else np.zeros(0, bool)
-    cx, cy, e, n, p = cx[inside], cy[inside], e[inside], n[inside], prob[iy, ix][inside]
+    p = prob[iy, ix]
     lon, lat = _to_lonlat(e, n, tile.id.epsg)
     df = pd.DataFrame({
         "cell_x": cx.astype(np.int64), "cell_y": cy.astype(np.int64),
@@ -204,7 +221,8 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
         c0, _, c1, _ = tile.quadrant_core_px(quadrant)
         rater = None
         if impact is not None:
-            rater = StreamRater(impact, model.bands, threshold, scale, raster.nodata, impact_batch_size)
+            rater = StreamRater(impact, model.bands, threshold, scale, raster.nodata, impact_batch_size,
+                                tile.grid.resolution_m, region_in_tile_crs(region_lonlat, tile))
             rater = rater if rater.usable else None
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0 + 2 * tile.grid.halo_px)):
             prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
@@ -259,8 +277,8 @@ def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFr
     if len(cands) == 0:
         return
     # pixel holding the cell centre, then the patch around it
-    col0 = cands["cell_x"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
-    row0 = cands["cell_y"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
+    col0 = patch_origin(cands["cell_x"].to_numpy(), w)
+    row0 = patch_origin(cands["cell_y"].to_numpy(), w)
     pend_idx: list[np.ndarray] = []
     pend_raw: list[np.ndarray] = []
 
@@ -281,14 +299,6 @@ def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFr
             yield take(batch_size)
     if pend_idx:
         yield take(batch_size)
-
-
-def impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float) -> np.ndarray:
-    """All normalised (N, w, w, B) patches at once (for small N; run_classify streams them in batches)."""
-    out = np.zeros((len(cands), model.window, model.window, len(model.bands)), dtype=np.float32)
-    for idx, z in iter_impact_patches(raster, model, cands, scale):
-        out[idx] = z
-    return out
 
 
 def rate_candidates(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float,
@@ -337,10 +347,7 @@ def with_ratings(cands: pd.DataFrame, probs: np.ndarray | None) -> pd.DataFrame:
 
 def lazy_model(directory, kind: str) -> LoadedModel:
     """A model's path and card, its network left unloaded (so TensorFlow is only started when needed)."""
-    card = read_card(directory)
-    if card["kind"] != kind:
-        raise ModelError(f"{directory}: is a '{card['kind']}' model, expected '{kind}'")
-    return LoadedModel(Path(directory), card, None)
+    return LoadedModel(Path(directory), read_card_of_kind(directory, kind), None)
 
 
 def load_network(model: LoadedModel) -> LoadedModel:

@@ -517,7 +517,6 @@ class InferenceStats:
     read_s: float = 0.0  # reading + centring the input (in the read-ahead thread when streaming)
     compute_s: float = 0.0  # network time
     wall_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _output_size(h: int, w: int, kernel, strides, padding: str) -> tuple[int, int]:
@@ -560,9 +559,15 @@ def stream_chunk_cells(net: StreamNet, width: int, max_block_mb: float) -> int:
     return max(1, int(max_block_mb * 2**20 // per_cell_row))
 
 
+def _block_bytes_per_px(bands: int) -> float:
+    """Working memory of the block method per input pixel: ~12 B per band (input and its copies) + 160 B
+    (the first stages' activations)."""
+    return 12.0 * bands + 160.0
+
+
 def block_side_cells(window_cells: int, max_block_mb: float, bands: int = 12) -> int:
-    """Block side (cells) for the block method: (27 (n + 1 + k))^2 px x ~(12 B per band + 160 B) <= budget."""
-    px = max_block_mb * 2**20 / (12.0 * bands + 160.0)
+    """Block side (cells) for the block method: (27 (n + 1 + k))^2 px x bytes per px <= budget."""
+    px = max_block_mb * 2**20 / _block_bytes_per_px(bands)
     return max(1, int(math.sqrt(px) // STRIDE) - 1 - window_cells)
 
 
@@ -652,11 +657,12 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
             b = min(a + n, ny + 1)
             # span row of the centre of output row j is f0 + 27 (j - 1) + 13
             source.keep_from = max(0, STRIDE * a + geometry.offset + STRIDE // 2 - keep_px)
-            out[a - 1 : b - 1] = tail.rows(a, b)[:, 1 : 1 + nx, 1]
+            rows = tail.rows(a, b)[:, 1 : 1 + nx, 1]
+            # the valid-pixel counts of these cells are final: their footprints have been read
+            frac = counts[a - 1 : b - 1] / np.float32(STRIDE * STRIDE)
+            out[a - 1 : b - 1] = np.where(frac >= MIN_VALID_FRACTION, rows, np.float32(np.nan))
             if on_rows is not None:
-                frac = counts[a - 1 : b - 1] / np.float32(STRIDE * STRIDE)
-                prob = np.where(frac >= MIN_VALID_FRACTION, out[a - 1 : b - 1], np.float32(np.nan))
-                on_rows(CellRows(a - 1, prob, c0, lambda g0, g1: source.raw_rows(g0 - r0, g1 - r0)))
+                on_rows(CellRows(a - 1, out[a - 1 : b - 1], c0, lambda g0, g1: source.raw_rows(g0 - r0, g1 - r0)))
             if progress:
                 progress(i + 1, len(starts))
     finally:
@@ -665,8 +671,7 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
     stats.span_px = (w0, h0)
     stats.flops = fcn_flops(network, h0, w0)
     stats.read_s, stats.compute_s = clock["read_s"], clock["compute_s"]
-    frac = counts / np.float32(STRIDE * STRIDE)
-    return np.where(frac >= MIN_VALID_FRACTION, out, np.float32(np.nan)).astype(np.float32)
+    return out
 
 
 def _chunks(r: range, size: int):
@@ -681,8 +686,11 @@ def _predict_blocks(network, geometry, read, norm, kx, ky, max_block_mb, block_c
     out = np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
     blocks = [(y0, h, x0, w) for y0, h in _chunks(ky, n) for x0, w in _chunks(kx, n)]
     off = geometry.offset
-    span_px = lambda cells: STRIDE * (cells + 1 + geometry.valid_kernel)  # noqa: E731
-    per_block = lambda h, w: span_px(h) * span_px(w) * (12.0 * bands + 160.0)  # noqa: E731
+
+    def per_block(h: int, w: int) -> float:
+        (a, b), (c, d) = geometry.input_span(0, h), geometry.input_span(0, w)
+        return (b - a) * (d - c) * _block_bytes_per_px(bands)
+
     t_read = t_net = 0.0
     flops = 0.0
     done = 0

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from html import escape
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-from pyproj import Geod
 from shapely.ops import unary_union
 
-from minescan.grid import cell_polygon, utm_epsg
-from minescan.io_utils import atomic_output, atomic_write_text
+from minescan.grid import cell_polygon, geodesic_area_m2, zone_label_epsg
+from minescan.io_utils import atomic_write_text, write_csv
+from minescan.kml import kml_placemark, write_kml_document
 from minescan.scan.spatial_prior import SpatialPrior, isolated_removals
 from minescan.vector_io import read_vector, write_vector
 
@@ -86,7 +85,7 @@ def build_sites(det: pd.DataFrame, resolution_m: float) -> gpd.GeoDataFrame:
     rows = []
     for sid, part in det.groupby("site_id", sort=True):
         zone = part["zone"].iloc[0]
-        epsg = utm_epsg(int(zone[:2]), zone[2])
+        epsg = zone_label_epsg(zone)
         poly = unary_union([cell_polygon(int(x), int(y), resolution_m)
                             for x, y in zip(part["cell_x"], part["cell_y"], strict=True)])
         geo = gpd.GeoSeries([poly], crs=epsg).to_crs(4326).iloc[0]
@@ -101,31 +100,6 @@ def build_sites(det: pd.DataFrame, resolution_m: float) -> gpd.GeoDataFrame:
     cols = ["site_id", "n_cells", "area_ha", "max_probability", "mean_probability", "impact", "zone", "lon",
             "lat", "tiles", "geometry"]
     return gpd.GeoDataFrame(rows or None, columns=cols, geometry="geometry", crs=4326)
-
-
-def write_csv(df: pd.DataFrame, path) -> None:
-    with atomic_output(path) as tmp:
-        df.to_csv(tmp, index=False, lineterminator="\n")
-
-
-def write_kml_document(path, title: str, styles: list[str], placemarks: list[str]) -> None:
-    """A KML file: one document named ``title`` holding the ``<Style>`` and ``<Placemark>`` elements."""
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>', '<kml xmlns="http://www.opengis.net/kml/2.2">',
-             "<Document>", f"<name>{escape(title)}</name>", *styles, *placemarks, "</Document>", "</kml>", ""]
-    atomic_write_text(path, "\n".join(parts))
-
-
-def kml_polygon_styles(colours: dict[str, str]) -> list[str]:
-    """One ``<Style>`` per id in ``colours`` (KML aabbggrr): outline in the colour, fill half transparent."""
-    return [f'<Style id="{sid}"><LineStyle><color>{colour}</color><width>2</width></LineStyle>'
-            f"<PolyStyle><color>{'80' + colour[2:]}</color></PolyStyle></Style>" for sid, colour in colours.items()]
-
-
-def kml_placemark(name, style, fields, geometry: str) -> str:
-    """A placemark styled ``#style`` whose description is a table of the ``(label, value)`` pairs in ``fields``."""
-    table = "".join(f"<tr><td>{k}</td><td>{escape(str(v))}</td></tr>" for k, v in fields)
-    return (f"<Placemark><name>{escape(str(name))}</name><styleUrl>#{escape(str(style))}</styleUrl>"
-            f"<description><![CDATA[<table>{table}</table>]]></description>{geometry}</Placemark>")
 
 
 def write_kml(det: pd.DataFrame, path, title: str) -> None:
@@ -145,11 +119,6 @@ def write_kml(det: pd.DataFrame, path, title: str) -> None:
 
 def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
-
-
-def geodesic_area_km2(geom_lonlat) -> float:
-    area, _ = Geod(ellps="WGS84").geometry_area_perimeter(geom_lonlat)
-    return abs(area) / 1e6
 
 
 def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonlat) -> dict:
@@ -197,7 +166,7 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
     write_vector(sites, outdir / "sites.gpkg", layer="sites")
     summary = {
         "region": region_name, "period": period,
-        "area_scanned_km2": round(geodesic_area_km2(region_lonlat), 3),
+        "area_scanned_km2": round(geodesic_area_m2(region_lonlat) / 1e6, 3),
         "tiles": len(tiles), "quadrants": len(quadrants), "tile_ids": sorted(tiles),
         "candidates": len(df), "detections": len(det), "rejected_no_ore": int((~isolated & no_ore).sum()),
         "spatial_prior": {**prior.as_dict(), "candidates_removed": int(isolated.sum()),

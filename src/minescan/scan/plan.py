@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from minescan.grid import GridSpec, Tile, TileId, quadrants_for_region, tiles_for_region
-from minescan.scan.merge import geodesic_area_km2
+from minescan.grid import GridSpec, Tile, TileId, geodesic_area_m2, quadrants_for_region, tiles_for_region
 from minescan.vector_io import read_region
 
 
@@ -23,7 +22,7 @@ class ScanPlan:
 
     @property
     def region_area_km2(self) -> float:
-        return geodesic_area_km2(self.region)
+        return geodesic_area_m2(self.region) / 1e6
 
     def as_dict(self) -> dict:
         return {"region": self.region_name, "area_km2": round(self.region_area_km2, 3),

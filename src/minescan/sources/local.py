@@ -72,10 +72,7 @@ def sources_for_tile(tile: Tile, sources: list[str | Path]) -> list[str]:
     """
     from rasterio.warp import transform_bounds
 
-    p0, q0 = tile.origin_px
-    r = tile.grid.resolution_m
-    tx0, ty1 = p0 * r, -q0 * r
-    tx1, ty0 = tx0 + tile.size_px * r, ty1 - tile.size_px * r
+    tx0, ty0, tx1, ty1 = tile.bounds
     keep: list[str] = []
     for src in sources:
         path = Path(src)

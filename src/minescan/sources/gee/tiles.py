@@ -38,13 +38,6 @@ COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": "512", "BIG
                "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE", "NUM_THREADS": "ALL_CPUS"}
 
 
-def tile_bounds(tile) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) of the tile GeoTIFF (core + halo) in its UTM CRS."""
-    t = tile.transform
-    size = tile.size_px
-    return (t.c, t.f + size * t.e, t.c + size * t.a, t.f)
-
-
 def cache_paths(settings, tile, period: str) -> tuple[str, Path, Path]:
     key = settings.composite_key(period, tile.grid)
     root = Path(settings.cache_dir) / key / period
@@ -137,7 +130,7 @@ def acquire_tile(tile, period: str, settings, out_path, *, ee=None, retrier=None
         before_fetch()
     ee = ee or get_ee()
     retrier = retrier or Retrier.from_settings(settings, sleep=sleep)
-    image = build_composite(ee, settings, period, rectangle(ee, tile_bounds(tile), tile.id.epsg))
+    image = build_composite(ee, settings, period, rectangle(ee, tile.bounds, tile.id.epsg))
     what = f"tile {tile.name} {period}"
     t0 = time.monotonic()
 
