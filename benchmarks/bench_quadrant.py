@@ -130,10 +130,9 @@ def write_tile(path: Path, tile_px: int) -> float:
     from rasterio.windows import Window
 
     from minescan import SENTINEL2_BANDS
-    from minescan.grid import GridSpec, Tile, TileId
     from minescan.sources.local import TILE_PROFILE
 
-    tile = Tile(TileId.parse(tile_id(tile_px)), GridSpec(tile_px, 10.0, HALO))
+    tile = _tile(tile_px)
     size = tile.size_px
     rng = np.random.default_rng(0)
     prof = dict(TILE_PROFILE, count=12, width=size, height=size, crs=tile.crs, transform=tile.transform, nodata=0)
@@ -197,9 +196,9 @@ def write_region(path: Path, tile_px: int) -> None:
     import geopandas as gpd
     from shapely.geometry import box
 
-    from minescan.grid import GridSpec, Tile, TileId, to_crs
+    from minescan.grid import to_crs
 
-    tile = Tile(TileId.parse(tile_id(tile_px)), GridSpec(tile_px, 10.0, HALO))
+    tile = _tile(tile_px)
     geom = to_crs(box(*tile.core_bounds), tile.id.epsg, 4326).buffer(0.01)
     gpd.GeoDataFrame({"name": ["bench"]}, geometry=[geom], crs=4326).to_file(path)
 

@@ -38,7 +38,7 @@ from minescan.models.chips import (
     valid_mask,
 )
 from minescan.models.networks import DISCOVERY_CLASSES, STRIDE
-from minescan.models.store import normalisation_stats, save_model
+from minescan.models.store import normalisation_stats, normalise, save_model
 
 log = logging.getLogger("minescan.models.train_chips")
 
@@ -152,9 +152,8 @@ def augment_batch(x: np.ndarray, norm: dict, cfg: TrainConfig, rng: np.random.Ge
     x = d4_random(x, rng)
     n = len(x)
     lut = radiometric_luts(n, cfg, rng)
-    mean = np.asarray(norm["mean"], dtype=np.float32)[None, :, None]
     std = np.asarray(norm["std"], dtype=np.float32)[None, :, None]
-    zlut = (lut - mean) / std  # clip_max 0.3 is already applied by the table
+    zlut = np.moveaxis(normalise(np.moveaxis(lut, 1, -1), norm), -1, 1)  # tables (n, 3, 256), as the scan
     z = np.empty(x.shape, dtype=np.float32)
     for i in range(n):  # a per-chip table lookup; faster than one fancy-indexing gather over the batch
         for b in range(3):
