@@ -21,8 +21,8 @@ rule demo_scene:
         mem_mb=4000,
         runtime=20,
     shell:
-        "minescan demo-scene --region {input.region} --period {wildcards.period} --seed {params.seed} "
-        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene} --truth {output.truth} 2> {log}"
+        "minescan demo-scene --region {input.region:q} --period {wildcards.period} --seed {params.seed} "
+        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene:q} --truth {output.truth:q} 2> {log:q}"
 
 
 rule demo_training_scene:
@@ -45,9 +45,9 @@ rule demo_training_scene:
         mem_mb=4000,
         runtime=20,
     shell:
-        "minescan demo-scene --training --region {input.region} --seed {params.seed} "
-        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene} --truth {output.truth} "
-        "--points {output.points} 2> {log}"
+        "minescan demo-scene --training --region {input.region:q} --seed {params.seed} "
+        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene:q} --truth {output.truth:q} "
+        "--points {output.points:q} 2> {log:q}"
 
 rule demo_reference_layers:
     """SIMULATED concession and dam registries, protected areas and municipalities drawn from the demo truth."""
@@ -71,9 +71,9 @@ rule demo_reference_layers:
         mem_mb=2000,
         runtime=10,
     shell:
-        "minescan demo-layers --truth {input.truth} --region {input.region} {params.layer} --seed {params.seed} "
-        "--concessions {output.concessions} --dams {output.dams} --indigenous {output.indigenous} "
-        "--conservation {output.conservation} --admin {output.admin} 2> {log}"
+        "minescan demo-layers --truth {input.truth:q} --region {input.region:q} {params.layer} --seed {params.seed} "
+        "--concessions {output.concessions:q} --dams {output.dams:q} --indigenous {output.indigenous:q} "
+        "--conservation {output.conservation:q} --admin {output.admin:q} 2> {log:q}"
 
 
 if config["source"]["kind"] in ("demo", "local"):
@@ -102,6 +102,6 @@ if config["source"]["kind"] in ("demo", "local"):
             mem_mb=4000,
             runtime=30,
         shell:
-            "minescan make-tile --tile {wildcards.tile} --sources {input} --period {wildcards.period} "
+            "minescan make-tile --tile {wildcards.tile} --sources {input:q} --period {wildcards.period} "
             "--bands {params.bands} {params.band_names} --resampling {params.resampling} "
-            "--nodata {params.nodata} {params.grid} --out {output} 2> {log}"
+            "--nodata {params.nodata} {params.grid} --out {output:q} 2> {log:q}"

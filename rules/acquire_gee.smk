@@ -32,4 +32,4 @@ if config["source"]["kind"] == "gee":
             ee_requests=config["source"]["gee"]["concurrency"],
         shell:
             "minescan gee tile --tile {wildcards.tile} --period {wildcards.period} --spec {params.spec:q} "
-            "{params.grid} --out {output} 2> {log}"
+            "{params.grid} --out {output:q} 2> {log:q}"

@@ -32,6 +32,6 @@ rule change:
         mem_mb=2000,
         runtime=20,
     shell:
-        "minescan change --sites {input.sites} --periods {params.periods} --region-name {wildcards.region} "
-        "--outdir {params.outdir} --min-overlap {params.min_overlap} --min-growth {params.min_growth} "
-        "> {log} 2>&1"
+        "minescan change --sites {input.sites:q} --periods {params.periods} --region-name {wildcards.region} "
+        "--outdir {params.outdir:q} --min-overlap {params.min_overlap} --min-growth {params.min_growth} "
+        "> {log:q} 2>&1"

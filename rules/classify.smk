@@ -29,6 +29,6 @@ rule classify:
         runtime=30,
         gpu=0,
     shell:
-        "minescan classify --tile {wildcards.tile} --tile-path {input.tile} --model {params.model} "
-        "--candidates {input.candidates} --scale {params.scale} --batch-size {params.batch} {params.grid} "
-        "--out {output} 2> {log}"
+        "minescan classify --tile {wildcards.tile} --tile-path {input.tile:q} --model {params.model:q} "
+        "--candidates {input.candidates:q} --scale {params.scale} --batch-size {params.batch} {params.grid} "
+        "--out {output:q} 2> {log:q}"

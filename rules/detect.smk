@@ -39,10 +39,16 @@ rule detect:
             )
         ),
         on_empty=config["detect"]["on_empty_quadrant"],
+        checks=(
+            f"--cloud-check {config['detect']['cloud_check']['action']} "
+            f"--cloud-min-reflectance {config['detect']['cloud_check']['min_reflectance']} "
+            f"--cloud-max-fraction {config['detect']['cloud_check']['max_fraction']} "
+            + ("--band-order-check" if config["detect"]["band_order_check"] else "--no-band-order-check")
+        ),
         # the impact CNN rates the candidates in this job (TensorFlow is loaded anyway); classify then
         # only checks and copies the ratings instead of starting TensorFlow again
         impact=lambda wc, input: (
-            f"--impact-model {os.path.dirname(input.impact[0])} "
+            f"--impact-model {shlex.quote(os.path.dirname(input.impact[0]))} "
             f"--impact-batch-size {config['classify']['batch_size']}"
             if input.impact
             else ""
@@ -54,7 +60,7 @@ rule detect:
         runtime=60,
         gpu=0,
     shell:
-        "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile} "
-        "--model {params.model} --region {input.region} {params.layer} --scale {params.scale} {params.threshold} "
-        "{params.strips} {params.impact} --on-empty {params.on_empty} {params.grid} "
-        "--prob-out {output.probability} --candidates-out {output.candidates} 2> {log}"
+        "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile:q} "
+        "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} {params.threshold} "
+        "{params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} {params.grid} "
+        "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

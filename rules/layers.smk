@@ -56,8 +56,8 @@ rule layers:
         mem_mb=4000,
         runtime=30,
     shell:
-        "minescan layers --sites {input.sites} --outdir {params.outdir} --region {input.region} {params.layer} "
-        "--settings {params.settings:q} --region-name {wildcards.region} --period {wildcards.period} 2> {log}"
+        "minescan layers --sites {input.sites:q} --outdir {params.outdir:q} --region {input.region:q} {params.layer} "
+        "--settings {params.settings:q} --region-name {wildcards.region} --period {wildcards.period} 2> {log:q}"
 
 
 if config["layers"]["map"]:
@@ -93,10 +93,10 @@ if config["layers"]["map"]:
             mem_mb=4000,
             runtime=30,
         shell:
-            "minescan webmap --sites {input.sites} --out {output} --region {input.region} {params.layer} "
-            "--tiles {input.tiles} --probabilities {input.probabilities} --detections {input.detections} "
+            "minescan webmap --sites {input.sites:q} --out {output:q} --region {input.region:q} {params.layer} "
+            "--tiles {input.tiles:q} --probabilities {input.probabilities:q} --detections {input.detections:q} "
             "--scale {params.scale} --title {params.title:q} --settings {params.settings:q} "
-            "--region-name {wildcards.region} --period {wildcards.period} 2> {log}"
+            "--region-name {wildcards.region} --period {wildcards.period} 2> {log:q}"
 
 
 rule report_plots:
@@ -151,12 +151,12 @@ rule report_plots:
         f"{LOGS}/report_plots.log",
     params:
         outdir=lambda wc, output: os.path.dirname(output.table),
-        discovery=lambda wc, input: f"--discovery-card {input.cards[0]}" if input.cards else "",
-        impact=lambda wc, input: f"--impact-card {input.cards[1]}" if len(input.cards) > 1 else "",
+        discovery=lambda wc, input: f"--discovery-card {shlex.quote(input.cards[0])}" if input.cards else "",
+        impact=lambda wc, input: f"--impact-card {shlex.quote(input.cards[1])}" if len(input.cards) > 1 else "",
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "minescan report-plots --outdir {params.outdir} --summary {input.summary} "
-        "--detections {input.detections} --rejected {input.rejected} --sites {input.sites} "
-        "--layers {input.layers} --areas {input.areas} {params.discovery} {params.impact} 2> {log}"
+        "minescan report-plots --outdir {params.outdir:q} --summary {input.summary:q} "
+        "--detections {input.detections:q} --rejected {input.rejected:q} --sites {input.sites:q} "
+        "--layers {input.layers:q} --areas {input.areas:q} {params.discovery} {params.impact} 2> {log:q}"

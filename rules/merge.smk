@@ -29,7 +29,7 @@ rule merge:
         ),
         drop="--drop-no-ore" if config["classify"]["drop_no_ore"] else "--no-drop-no-ore",
         connectivity=config["merge"]["connectivity"],
-        truth=lambda wc, input: f"--truth {input.truth}" if input.truth else "",
+        truth=lambda wc, input: f"--truth {shlex.quote(str(input.truth))}" if input.truth else "",
         layer=REGION_LAYER_ARG,
         prior=(
             f"--isolated-threshold {config['merge']['isolated_threshold']} "
@@ -41,8 +41,8 @@ rule merge:
         mem_mb=4000,
         runtime=30,
     shell:
-        "minescan merge --classified {input.classified} --outdir {params.outdir} --region {input.region} "
+        "minescan merge --classified {input.classified:q} --outdir {params.outdir:q} --region {input.region:q} "
         "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
-        "--discovery-model {params.discovery} --impact-model {params.impact} {params.threshold} "
+        "--discovery-model {params.discovery:q} --impact-model {params.impact:q} {params.threshold} "
         "{params.drop} --connectivity {params.connectivity} {params.truth} {params.prior} "
-        "--resolution-m {params.resolution} 2> {log}"
+        "--resolution-m {params.resolution} 2> {log:q}"

@@ -27,8 +27,8 @@ if config["train"]["discovery"]:
             mem_mb=8000,
             runtime=240,
         shell:
-            "minescan train discovery --points {input.points} --images {input.images} --out {params.out} "
-            "--bands {params.bands} --scale {params.scale} {params.args} > {log} 2>&1"
+            "minescan train discovery --points {input.points:q} --images {input.images:q} --out {params.out:q} "
+            "--bands {params.bands} --scale {params.scale} {params.args} > {log:q} 2>&1"
 
 
 if config["train"]["impact"] and IMPACT:
@@ -56,5 +56,5 @@ if config["train"]["impact"] and IMPACT:
             mem_mb=8000,
             runtime=120,
         shell:
-            "minescan train impact --points {input.points} --images {input.images} --out {params.out} "
-            "--bands {params.bands} --scale {params.scale} {params.args} > {log} 2>&1"
+            "minescan train impact --points {input.points:q} --images {input.images:q} --out {params.out:q} "
+            "--bands {params.bands} --scale {params.scale} {params.args} > {log:q} 2>&1"

@@ -37,8 +37,8 @@ rule train_amazon_rgb48:
         mem_mb=6000,
         runtime=60,
     shell:
-        "minescan train-chips --chips {input.chips} --out {params.out} --seed {params.seed} "
-        "--threads {threads} > {log} 2>&1"
+        "minescan train-chips --chips {input.chips:q} --out {params.out:q} --seed {params.seed} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_amazon_rgb48:
@@ -63,5 +63,5 @@ rule evaluate_amazon_rgb48:
         mem_mb=4000,
         runtime=10,
     shell:
-        "minescan evaluate-chips --model {params.model} --chips {input.chips} --out {output.scores} --json "
-        "2> {log} | tail -n 1 > {output.metrics}"
+        "minescan evaluate-chips --model {params.model:q} --chips {input.chips:q} --out {output.scores:q} --json "
+        "2> {log:q} | tail -n 1 > {output.metrics:q}"

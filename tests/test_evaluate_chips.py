@@ -4,7 +4,8 @@ The fixture model is a 1-channel member of the discovery FCN family whose weight
 on a chip of constant colour, P(mine) = sigmoid(W * r) with r the red reflectance: every convolution passes
 the red channel through its centre tap, ReLU and max-pooling leave a constant positive image unchanged, and
 the final 1x1 softmax compares W * v with 0. Constant chips are also invariant under the D4 transforms, so
-the hand-computed scores hold with and without test-time augmentation.
+the hand-computed scores hold with and without test-time augmentation; test-time augmentation itself is
+tested on asymmetric random chips with a random network, against a view-by-view mean.
 """
 
 from __future__ import annotations
@@ -127,6 +128,44 @@ def test_tta_none_gives_same_scores_on_constant_chips(tiny_model, labelled, caps
                  "--tta", "none")
     assert a["tta"] == "d4" and b["tta"] == "none"
     assert a["auc"] == b["auc"] and a["tp"] == b["tp"]
+
+
+def test_tta_d4_is_the_mean_of_the_eight_views_of_an_asymmetric_chip(tmp_path, capsys):
+    """Random weights and random chips, so the 8 views give 8 different scores: the d4 score must be their
+    mean, computed here view by view with plain numpy flips/rotations and one forward pass each."""
+    import keras
+
+    from minescan.models.networks import build_discovery_fcn
+    from minescan.models.score_chips import prepare_chips
+    from minescan.models.store import load_model, save_model
+
+    keras.utils.set_random_seed(5)
+    net = build_discovery_fcn(3, 48, widths=(4, 4, 4, 4), dropout=0.0, name="random")
+    card = {"kind": "discovery", "name": "random", "bands": ["B4", "B3", "B2"], "window": 48, "stride": 27,
+            "classes": ["background", "mine"], "positive_class": "mine", "threshold": 0.5, "tta": "d4",
+            "normalisation": {"clip_max": None, "mean": [0.1, 0.1, 0.1], "std": [0.05, 0.05, 0.05]}}
+    save_model(tmp_path / "m", net, card)
+    x = np.random.default_rng(3).integers(1, 256, (3, 48, 48, 3), dtype=np.uint8)
+    chips = write_chips(tmp_path / "asym.npz", x=x)
+    scores = {}
+    for tta in ("d4", "none"):
+        assert main(["evaluate-chips", "--model", str(tmp_path / "m"), "--chips", str(chips), "--tta", tta,
+                     "--out", str(tmp_path / f"{tta}.csv")]) == 0
+        with open(tmp_path / f"{tta}.csv") as fh:
+            scores[tta] = np.array([float(row["score"]) for row in csv.DictReader(fh)])
+    capsys.readouterr()
+    network = load_model(tmp_path / "m").network
+    z = prepare_chips(x, card["normalisation"])
+    by_hand = []
+    for chip in z:
+        views = [np.rot90(chip, k) for k in range(4)]
+        views += [np.fliplr(v) for v in views]
+        assert len({v.tobytes() for v in views}) == 8  # an asymmetric chip: 8 distinct views
+        p = [float(np.asarray(network(v[None].copy(), training=False))[0, 0, 0, 1]) for v in views]
+        assert max(p) - min(p) > 1e-4  # and the network tells them apart
+        by_hand.append(np.mean(p))
+    np.testing.assert_allclose(scores["d4"], by_hand, atol=1e-5)
+    assert np.abs(scores["d4"] - scores["none"]).max() > 1e-5
 
 
 def test_unlabelled_chips_only_scores(tiny_model, tmp_path, capsys):

@@ -370,7 +370,10 @@ def test_changed_block_layout_discards_stored_blocks(tmp_path):
 def test_cache_serves_reruns_without_network(tmp_path):
     s = settings(tmp_path)
     first = tmp_path / "a" / "t.tif"
-    acquire_tile(TILE, "2026Q1", s, first, ee=FakeEE(), retrier=retrier())
+    data0 = FakeData()
+    acquire_tile(TILE, "2026Q1", s, first, ee=FakeEE(data0), retrier=retrier())
+    first_requests = len(data0.requests)
+    assert first_requests >= 1
 
     class NoNetwork:
         def __getattr__(self, name):
@@ -389,8 +392,11 @@ def test_cache_serves_reruns_without_network(tmp_path):
     # another composite definition or period is fetched anew
     data = FakeData()
     acquire_tile(TILE, "2026Q1", replace(s, cs_threshold=0.7), tmp_path / "c.tif", ee=FakeEE(data), retrier=retrier())
+    n_other_definition = len(data.requests)
     acquire_tile(TILE, "2026Q2", s, tmp_path / "d.tif", ee=FakeEE(data), retrier=retrier())
-    assert len({r["grid"]["affineTransform"]["translateX"] for r in data.requests}) >= 1 and len(data.requests) >= 2
+    # each was fetched in full: as many requests as the first fetch of this tile made, none served by cache
+    assert n_other_definition == first_requests and len(data.requests) == 2 * first_requests
+    assert len({os.stat(p).st_ino for p in (first, tmp_path / "c.tif", tmp_path / "d.tif")}) == 3
 
 
 def test_damaged_cache_entry_is_fetched_again(tmp_path):

@@ -115,9 +115,12 @@ def test_other_credential_sources(tmp_path, home):
 def test_initialize_passes_project_endpoint_and_credentials(tmp_path, home):
     a = resolve_auth(GeeSettings(service_account_key=sa_key(tmp_path), high_volume=True), env(home))
     ee = FakeEE()
-    creds = initialize(a, ee, credentials_factory=lambda auth: "CREDS")
-    assert creds == "CREDS"
-    assert ee.initialized == [{"credentials": "CREDS", "url": HIGH_VOLUME_URL, "project": "key-project"}]
+    token = object()  # what the credentials factory makes of the resolved settings
+    seen = []
+    creds = initialize(a, ee, credentials_factory=lambda auth: seen.append(auth) or token)
+    assert seen == [a]  # the factory is given the resolved settings (key file, project) ...
+    assert ee.initialized == [{"credentials": token, "url": HIGH_VOLUME_URL, "project": "key-project"}]
+    assert creds is ee.initialized[0]["credentials"]  # ... and ee.Initialize gets what it made
     a2 = replace(a, high_volume=False)
     ee2 = FakeEE()
     initialize(a2, ee2, credentials_factory=lambda auth: "CREDS")

@@ -73,8 +73,14 @@ def test_plots_are_pngs_and_deterministic(scan):
 def test_summary_table_reports_the_prior_and_registry(scan):
     _make(scan, "c")
     t = pd.read_csv(scan / "c" / TABLE).set_index("item")["value"]
-    # the two far cells are 1.9 km and 2.2 km from any other: isolated (k=1, 1 km) and below 0.9
+    # the two far cells are 1.9 km and 2.2 km from any other: isolated (k=1, 1 km) and below 0.9; the
+    # no-ore one among them counts as isolated, not as no ore; the two adjacent cells are one site of 2
+    # cells of 270 m x 270 m = 14.58 ha: all computed by merge, none written by the fixture
     assert t["candidate cells"] == "4" and t["removed as isolated (spatial prior)"] == "2"
+    assert t["detected cells"] == "2" and t["rejected as no ore"] == "0"
+    assert t["sites"] == "1" and float(t["site area (ha)"]) == pytest.approx(14.58)
+    assert t["sites, high impact"] == "1"  # the site's class: its most severe cell (high beats low)
+    # the registry rows are those of layers.json, copied through
     assert t["unregistered sites"] == "1" and t["discovery model"] == "d (abc)"
 
 

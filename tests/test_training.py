@@ -40,9 +40,14 @@ def test_chips_are_cut_centred_on_points(labelled):
     chips, valid, used = extract_chips(points, [scene], 41, ["B1", "B2"], 1e-4)
     assert chips.shape == (10, 41, 41, 2) and valid.all()
     assert list(used) == list(range(10))  # the far-away point is skipped
-    # a mine chip has its 40 px bright square in the middle
-    np.testing.assert_allclose(chips[0, 20, 20, 0], 0.5, atol=0.31)
-    assert chips[0, 1:40, 1:40, 0].min() >= 0.05 and chips[0, 20, 20, 0] > chips[5, 20, 20, 0]
+    # a mine chip holds its 40 px square (band B1 exactly 0.5) at pixels [0, 40) of the 41 px chip: the
+    # point is the square's centre pixel (x + 0.5, y + 0.5), the chip is centred on that pixel; the last
+    # row and column are the noisy background (0.05 to 0.35), so a chip off by one pixel fails
+    for k in range(5):
+        assert (chips[k, :40, :40, 0] == np.float32(0.5)).all(), k
+        assert chips[k, 40, :, 0].max() < 0.36 and chips[k, :, 40, 0].max() < 0.36, k
+    # background chips hold no part of a square
+    assert chips[5:, :, :, 0].max() < 0.36
 
 
 def test_points_file_errors(tmp_path):
@@ -69,9 +74,21 @@ def test_train_writes_a_model_with_card_and_cv_metrics(labelled, tmp_path, kind)
     assert saved == json.loads(json.dumps(card))
     assert saved["bands"] == bands and saved["window"] == window and len(saved["metrics"]["folds"]) == 2
     assert len(saved["normalisation"]["mean"]) == 3
-    for fold in saved["metrics"]["folds"]:
-        cm = np.array(fold["confusion_matrix"])
-        assert cm.sum() == fold["n"] and 0 <= fold["f1"] <= 1
+    # the metrics follow from the confusion matrices, and the folds partition the 10 chips by class
+    folds = saved["metrics"]["folds"]
+    counts = [5, 5] if kind == "discovery" else [3, 2, 5]  # background/mine, or high/low/no_ore
+    cms = [np.array(f["confusion_matrix"]) for f in folds]
+    assert sum(f["n"] for f in folds) == 10
+    assert np.sum(cms, axis=0).sum(axis=1).tolist() == counts  # every chip tested once, in its true class
+    assert np.sum(cms, axis=0).tolist() == saved["metrics"]["confusion_matrix_total"]
+    for fold, cm in zip(folds, cms, strict=True):
+        assert cm.sum() == fold["n"]
+        assert fold["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-4)
+        f1s = [2 * cm[c, c] / (cm[c, :].sum() + cm[:, c].sum()) if cm[c, :].sum() + cm[:, c].sum() else 0.0
+               for c in range(len(counts))]
+        assert fold["f1"] == pytest.approx(f1s[1] if kind == "discovery" else np.mean(f1s), abs=1e-4)
+    mean_accuracy = np.mean([f["accuracy"] for f in folds])
+    assert saved["metrics"]["mean_accuracy"] == pytest.approx(mean_accuracy, abs=1e-4)
     model = load_model(tmp_path / kind, expect_kind=kind)
     assert model.band_indices(list(SENTINEL2_BANDS), "tile.tif") == [0, 1, 2]
     if kind == "discovery":

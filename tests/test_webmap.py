@@ -1,9 +1,13 @@
 """map.html: self-contained (no CDN), deterministic, evidence in the popups, and it really loads: headless
-Chromium opens it from a file with the network unused, logs no console error, and shows one marker per site."""
+Chromium opens it from a file with the network unused, logs no console error, and shows one marker per site.
+A map built from hostile attributes (markup and script in names, labels, ids, the title) runs none of it.
+
+Without Chromium the browser tests are skipped, except in CI (environment CI set), where they fail."""
 
 import base64
 import io
 import json
+import os
 import re
 
 import geopandas as gpd
@@ -17,11 +21,27 @@ from PIL import Image
 
 from minescan.grid import cell_polygon, cells_in_core, to_crs
 from minescan.layers.overlays import RefLayer
-from minescan.layers.webmap import build_map, map_stats, probability_overlay, site_thumbnail, write_map
+from minescan.layers.webmap import (
+    build_map,
+    leaflet_assets,
+    map_stats,
+    probability_overlay,
+    site_thumbnail,
+    write_map,
+)
 
 CHROMIUM = find_chromium()
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)")
+
+
+@pytest.fixture
+def chromium():
+    """The Chromium executable; the test is skipped without it, or fails in CI (CI set)."""
+    if CHROMIUM is None:
+        why = "headless Chromium not installed (Debian: apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI is set, so the browser tests must run")
+        pytest.skip(why)
+    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +98,9 @@ def test_map_is_self_contained_and_deterministic(scan):
     assert "Leaflet 1.9.4" in html and "$(" not in html  # Leaflet inlined; folium's jQuery popups not used
     assert not re.search(r'<(script|img|iframe)[^>]*\ssrc="https?://|<link[^>]*\shref="https?://', html)
     assert not re.search(r"url\((?!data:|#default#VML)", html)  # every CSS image inlined
-    assert html.count("data:image/png;base64,") >= 4  # 3 thumbnails + probability layer (+ CSS images)
+    # exactly: Leaflet's CSS images, 3 site thumbnails and the probability layer
+    css_pngs = leaflet_assets()[1].count("data:image/png;base64,")
+    assert css_pngs >= 1 and html.count("data:image/png;base64,") == css_pngs + 3 + 1
     assert "data:image/jpeg;base64," in html  # the RGB layer
 
 
@@ -104,8 +126,7 @@ def test_probability_layer_is_transparent_where_no_data(scan):
     assert s <= y0 + eps and w <= x0 + eps and n >= y1 - eps and e >= x1 - eps
 
 
-@needs_chromium
-def test_map_loads_in_headless_chromium(scan, tmp_path):
+def test_map_loads_in_headless_chromium(scan, tmp_path, chromium):
     d, sites, kw, _ = scan
     page = tmp_path / "map.html"
     write_map(page, sites, **kw)
@@ -130,8 +151,7 @@ def test_map_loads_in_headless_chromium(scan, tmp_path):
     assert shot.size == (1280, 900) and len(np.unique(np.asarray(shot.convert("L")))) > 20
 
 
-@needs_chromium
-def test_map_without_sites_or_rasters_loads(scan, tmp_path):
+def test_map_without_sites_or_rasters_loads(scan, tmp_path, chromium):
     _, sites, kw, _ = scan
     page = tmp_path / "empty.html"
     write_map(page, sites.iloc[:0], title="no sites", region_lonlat=kw["region_lonlat"])
@@ -156,3 +176,96 @@ def test_popups_hold_the_evidence(scan):
     for p in pops:
         b64 = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', p).group(1)
         assert Image.open(io.BytesIO(base64.b64decode(b64))).format == "PNG"
+
+
+# ------------------------------------------------------------------------------ hostile attributes
+
+# Each payload, if it ever ran, would add its tag to window.__pwned. Attributes, labels and ids come from
+# outside (government downloads, NGO files): markup in tooltips, layer names, popups and the legend, a
+# breakout from the <script> that holds the GeoJSON, and a template-literal breakout in a tooltip.
+def _payload(tag: str) -> str:
+    return f'<img src=x onerror="(window.__pwned=window.__pwned||[]).push(\'{tag}\')">'
+
+
+HOSTILE = {
+    "registry_name": _payload("registry-name"),
+    "registry_id": "</script><script>(window.__pwned=window.__pwned||[]).push('script-breakout')</script>",
+    "registry_label": _payload("registry-label"),
+    "overlay_name": _payload("overlay-name"),
+    "overlay_label": _payload("overlay-label") + "<script>(window.__pwned=window.__pwned||[]).push('s')</script>",
+    "admin_name": "`+(window.__pwned=window.__pwned||[]).push('backtick')+`${(window.__pwned=[]).push(1)}",
+    "site_id": "21S-`${(window.__pwned=window.__pwned||[]).push('site-id')}`" + _payload("site-id"),
+    "title": _payload("title"),
+}
+
+OPEN_EVERYTHING = """(async () => {
+  const map = Object.values(window).find(v => v instanceof L.Map);
+  let opened = 0;
+  const texts = [], errors = [];
+  const at = c => c.getBounds ? c.getBounds().getCenter() : c.getLatLng();
+  const open = (f, el) => { try { f(); opened++; texts.push(el().getElement().textContent); }
+                            catch (e) { errors.push(String(e)); } };
+  map.eachLayer(l => {
+    if (l.getTooltip && l.getTooltip()) {
+      if (l.getLayers) {  // a GeoJSON layer's tooltip, opened on each of its features in turn
+        l.getLayers().forEach(c => open(() => { l.getTooltip()._source = c; l.openTooltip(at(c)); },
+                                        () => l.getTooltip()));
+      }
+      else { open(() => l.openTooltip(), () => l.getTooltip()); }
+    }
+    if (l.getPopup && l.getPopup() && !l.getLayers) { open(() => l.openPopup(), () => l.getPopup()); }
+  });
+  await new Promise(r => setTimeout(r, 500));
+  window.__texts = texts.join('|');
+  return JSON.stringify({opened, errors});
+})()"""
+
+
+def hostile_map(scan, tmp_path):
+    """The test scan's map with every outside text replaced by a payload."""
+    _, sites, kw, _ = scan
+    sites = sites.copy()
+    sites["site_id"] = [HOSTILE["site_id"] + str(i) for i in range(len(sites))]
+    sites["registry_name"] = HOSTILE["registry_name"]
+    sites["areas"] = HOSTILE["overlay_name"]
+    sites["admin"] = HOSTILE["admin_name"]
+    reg, ov = kw["registry"][0], kw["overlays"][0]
+    reg_f = reg.features.assign(ref_id=HOSTILE["registry_id"], ref_name=HOSTILE["registry_name"])
+    ov_f = ov.features.assign(ref_name=HOSTILE["overlay_name"])
+    admin_f = ov.features.assign(ref_name=HOSTILE["admin_name"], geometry=ov.features.envelope)
+    page = tmp_path / "hostile.html"
+    write_map(page, sites, **{**kw, "title": HOSTILE["title"],
+                               "registry": [RefLayer(HOSTILE["registry_label"], "registry", "r.gpkg", reg_f)],
+                               "overlays": [RefLayer(HOSTILE["overlay_label"], "indigenous", "o.gpkg", ov_f)],
+                               "admin": RefLayer(HOSTILE["admin_name"], "admin", "a.gpkg", admin_f)})
+    return page
+
+
+def test_hostile_attributes_run_no_script_in_chromium(scan, tmp_path, chromium):
+    page = hostile_map(scan, tmp_path)
+    report = inspect_page(page.as_uri(), expressions={
+        "opened": OPEN_EVERYTHING,
+        "pwned": "JSON.stringify(window.__pwned || [])",
+        "injected_imgs": "document.querySelectorAll('img[src=\"x\"]').length",
+        "texts": "window.__texts",
+        "layers_text": "document.querySelector('.leaflet-control-layers-overlays').textContent",
+        "legend_text": "document.querySelector('.minescan-legend').textContent",
+    })
+    v = report["values"]
+    opened = json.loads(v["opened"])
+    # the registry, overlay and admin tooltips, and the 3 sites' tooltips and popups were all opened
+    assert opened["errors"] == [] and opened["opened"] == 9, opened
+    assert v["pwned"] == "[]", v["pwned"]
+    assert v["injected_imgs"] == 0
+    assert report.external_requests == [], report.external_requests
+    # the hostile text is shown as text, not dropped
+    assert "<img src=x onerror=" in v["layers_text"] and "<img src=x onerror=" in v["legend_text"]
+    assert "<img src=x onerror=" in v["texts"] and "`+(window.__pwned" in v["texts"], v["texts"]
+
+
+def test_hostile_attributes_are_escaped_in_the_html(scan, tmp_path):
+    """Without a browser: no markup of a payload survives in the file (the browser test also covers the
+    backtick payloads, harmless in HTML text but not inside a JavaScript template literal)."""
+    html = hostile_map(scan, tmp_path).read_text()
+    assert "<img src=x" not in html
+    assert "<script>(window.__pwned" not in html and "</script><script>(window" not in html

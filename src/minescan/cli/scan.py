@@ -43,16 +43,19 @@ def cmd_detect(args) -> int:
     from minescan.models.store import load_model
     from minescan.scan.detect import run_detect
     from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, import_keras_lean
+    from minescan.scan.quality import QualityCheck
     from minescan.vector_io import read_region
 
     import_keras_lean()
     model = load_model(args.model, expect_kind="discovery")
     impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
+    quality = QualityCheck(args.cloud_check, args.cloud_min_reflectance, args.cloud_max_fraction,
+                           args.band_order_check)
     run_detect(args.tile_path, tile_from_args(args), args.quadrant, model, region, args.scale, args.threshold,
                args.block_cells, args.prob_out, args.candidates_out, args.on_empty,
                max_block_mb=args.max_block_mb or DEFAULT_MAX_BLOCK_MB, method=args.inference,
-               impact=impact, impact_batch_size=args.impact_batch_size)
+               impact=impact, impact_batch_size=args.impact_batch_size, quality=quality)
     return 0
 
 
@@ -120,6 +123,13 @@ def register(sub) -> None:
     p.add_argument("--inference", choices=["auto", "stream", "blocks"], default="auto",
                    help="stream: stage-wise row strips, nothing recomputed; blocks: square blocks with margins")
     p.add_argument("--on-empty", choices=["error", "warn"], default="error")
+    p.add_argument("--cloud-check", choices=["warn", "error", "off"], default="warn",
+                   help="a quadrant mostly bright in B2, B3 and B4 (like cloud): warn, fail or do not check "
+                   "(detect.cloud_check.action)")
+    p.add_argument("--cloud-min-reflectance", type=float, default=0.3, help="detect.cloud_check.min_reflectance")
+    p.add_argument("--cloud-max-fraction", type=float, default=0.5, help="detect.cloud_check.max_fraction")
+    p.add_argument("--band-order-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="warn when NIR (B8) is darker than blue (B2) over most land (detect.band_order_check)")
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")

@@ -15,6 +15,11 @@ Layers:
 - the registry features, protected/indigenous overlays and admin units near the scan, and the region.
 
 The file is deterministic (same inputs, same bytes): folium's random element ids are replaced by a counter.
+
+Every text that comes from outside (registry, overlay and admin attributes and labels, site fields, the
+title) is untrusted: it reaches the page only HTML-escaped (tooltips, popups, layer-control names, legend)
+and inside scripts only as JSON (Jinja's ``tojson`` escapes ``<``, ``>``, ``&`` and quotes), never pasted
+into JavaScript source. tests/test_webmap.py opens a map built from hostile attributes in Chromium.
 """
 
 from __future__ import annotations
@@ -117,6 +122,22 @@ def sequential_ids():
         yield
     finally:
         Element._generate_id = original
+
+
+class _Tooltip(MacroElement):
+    """Bind an escaped text tooltip to its parent marker (folium's Tooltip pastes its text, unescaped, into a
+    JavaScript template literal)."""
+
+    _template = Template("""
+        {% macro script(this, kwargs) %}
+            {{ this._parent.get_name() }}.bindTooltip({{ this.html|tojson }});
+        {% endmacro %}
+    """)
+
+    def __init__(self, text: str):
+        super().__init__()
+        self._name = "Tooltip"
+        self.html = escape(text)
 
 
 class _Popup(MacroElement):
@@ -301,11 +322,15 @@ def _clip(layer: RefLayer, window) -> gpd.GeoDataFrame:
     return f[~f.geometry.is_empty]
 
 
-def _geojson(gdf: gpd.GeoDataFrame, props: list[str]) -> dict:
+def _geojson(gdf: gpd.GeoDataFrame, props: list[str], html_escape: bool = False) -> dict:
+    """GeoJSON of ``gdf`` with the columns ``props``; ``html_escape``: string values HTML-escaped, for
+    properties shown by folium's GeoJsonTooltip (which inserts them into the page as HTML)."""
     feats = []
     for _, r in gdf.iterrows():
-        feats.append({"type": "Feature", "geometry": _round_geom(mapping(r.geometry)),
-                      "properties": {p: _jsonable(r[p]) for p in props}})
+        values = {p: _jsonable(r[p]) for p in props}
+        if html_escape:
+            values = {k: escape(v) if isinstance(v, str) else v for k, v in values.items()}
+        feats.append({"type": "Feature", "geometry": _round_geom(mapping(r.geometry)), "properties": values})
     return {"type": "FeatureCollection", "features": feats}
 
 
@@ -436,10 +461,11 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
             colour = "#bbbbbb" if layer.kind == "admin" else OVERLAY_COLOURS[i % len(OVERLAY_COLOURS)]
             clipped = _clip(layer, window)
             name = f"{layer.label} ({layer.kind})"
-            overlay_styles.append((name, colour))
+            overlay_styles.append((name, colour))  # the legend escapes it
             if clipped.empty:
                 continue
-            folium.GeoJson(_geojson(clipped, ["ref_name"]), name=name,
+            # Leaflet's layer control shows layer names as HTML: escape them
+            folium.GeoJson(_geojson(clipped, ["ref_name"], html_escape=True), name=escape(name),
                            style_function=lambda f, c=colour: {"color": c, "weight": 2, "dashArray": "8 4",
                                                                "fillOpacity": 0.06},
                            tooltip=folium.GeoJsonTooltip(["ref_name"], labels=False)).add_to(m)
@@ -447,7 +473,8 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
             clipped = _clip(layer, window)
             if clipped.empty:
                 continue
-            folium.GeoJson(_geojson(clipped, ["ref_id", "ref_name"]), name=f"registry: {layer.label}",
+            folium.GeoJson(_geojson(clipped, ["ref_id", "ref_name"], html_escape=True),
+                           name=escape(f"registry: {layer.label}"),
                            style_function=lambda f: {"color": REGISTRY_COLOUR, "weight": 2, "fillOpacity": 0.05},
                            marker=folium.CircleMarker(radius=5, fill=True, fill_opacity=0.8),
                            tooltip=folium.GeoJsonTooltip(["ref_id", "ref_name"], labels=False)).add_to(m)
@@ -458,7 +485,7 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
                 "color": "#000000" if f["properties"].get("registered") == "no" else "#ffffff",
                 "weight": 2.5 if f["properties"].get("registered") == "no" else 1.5,
                 "dashArray": "4 3" if f["properties"].get("registered") == "yes" else None}).add_to(m)
-        markers = folium.FeatureGroup(name=f"sites ({len(sites)})").add_to(m)
+        markers = folium.FeatureGroup(name=f"sites ({len(sites)})").add_to(m)  # a number: nothing to escape
         epsg = site_epsg(sites) if len(sites) else pd.Series(dtype=int)
         for i, site in sites.iterrows():
             thumb = None
@@ -468,10 +495,12 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
             reg = site.get("registered", "unchecked")
             cls = {"no": "unregistered", "yes": "registered"}.get(reg, "unchecked")
             size = 16 if reg == "no" else 13
-            marker = folium.Marker([float(site["lat"]), float(site["lon"])], tooltip=str(site["site_id"]),
+            impact_cls = re.sub(r"[^A-Za-z0-9_-]", "_", str(site["impact"]))  # a CSS class name, no markup
+            marker = folium.Marker([float(site["lat"]), float(site["lon"])],
                                    icon=folium.DivIcon(html="", icon_size=(size, size),
                                                        icon_anchor=(size // 2, size // 2),
-                                                       class_name=f"minescan-site impact-{site['impact']} {cls}"))
+                                                       class_name=f"minescan-site impact-{impact_cls} {cls}"))
+            marker.add_child(_Tooltip(str(site["site_id"])))
             marker.add_child(_Popup(popup_html(site, thumb, impact_probs.get(site["site_id"]))))
             marker.add_to(markers)
         folium.LayerControl(collapsed=False).add_to(m)

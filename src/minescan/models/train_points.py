@@ -30,33 +30,77 @@ DEFAULT_WINDOW = {"discovery": 201, "impact": 21}
 MAX_NODATA_FRACTION = 0.1
 
 
+def _bad_rows(path, where: str, col: str, bad: pd.Series, values: pd.Series, what: str) -> None:
+    """Raise one line naming the file, the first bad row and column, its value, and how many rows are bad."""
+    if not bad.any():
+        return
+    rows = list(bad[bad].index)
+    first = rows[0]
+    raw = values.loc[first]
+    shown = "blank" if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw).strip() == "" \
+        else repr(str(raw))
+    more = f" ({len(rows)} bad rows)" if len(rows) > 1 else ""
+    raise InputDataError(f"{path}: {where(first)}, column '{col}': {shown} is not {what}{more}")
+
+
 def read_points(path) -> pd.DataFrame:
+    """Labelled points as a DataFrame (lon, lat, class 0/1[, impact]), every row checked.
+
+    A bad row (a lon or lat that is blank, not a number or out of range, an unknown class) is reported in
+    one line naming the file, the row (the CSV line number, or the feature number of a vector file) and the
+    column, with the number of bad rows, before any image is opened.
+    """
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{path}: points file not found")
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        except pd.errors.EmptyDataError:
+            raise InputDataError(f"{path}: points file is empty (need a header lon, lat, class[, impact])") \
+                from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InputDataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        df = df.replace("", np.nan)
+
+        def where(i):
+            return f"line {i + 2}"  # the header is line 1
     else:
         from minescan.vector_io import read_vector
 
-        gdf = read_vector(path, what="points file").to_crs(4326)
+        gdf = read_vector(path, what="points file")
+        if len(gdf) and not set(gdf.geometry.dropna().geom_type) <= {"Point"}:
+            kinds = sorted(set(gdf.geom_type.dropna()))
+            raise InputDataError(f"{path}: points file holds {kinds} geometries, not points")
+        gdf = gdf.to_crs(4326)
         df = pd.DataFrame(gdf.drop(columns="geometry"))
         df["lon"], df["lat"] = gdf.geometry.x, gdf.geometry.y
+
+        def where(i):
+            return f"feature {i + 1}"
+    df = df.reset_index(drop=True)
     for col in ("lon", "lat", "class"):
         if col not in df.columns:
             raise InputDataError(f"{path}: column '{col}' is missing (need lon, lat, class[, impact])")
-    cls = df["class"].map(lambda v: {"mine": 1, "background": 0, "1": 1, "0": 0}.get(str(v).strip().lower(), v))
-    try:
-        df["class"] = cls.astype(int)
-    except (TypeError, ValueError) as exc:
-        raise InputDataError(f"{path}: column 'class' must be 1/0 or mine/background ({exc})") from exc
-    if not set(df["class"]) <= {0, 1}:
-        raise InputDataError(f"{path}: column 'class' has values other than 0/1: {sorted(set(df['class']))}")
+    if df.empty:
+        raise InputDataError(f"{path}: points file holds no point")
+    for col, lo, hi, what in (("lon", -180, 180, "a longitude in [-180, 180]"),
+                              ("lat", -90, 90, "a latitude in [-90, 90]")):
+        num = pd.to_numeric(df[col], errors="coerce")
+        _bad_rows(path, where, col, num.isna() | (num < lo) | (num > hi), df[col], what)
+        df[col] = num.astype(float)
+    names = {"mine": 1, "background": 0, "1": 1, "0": 0, "1.0": 1, "0.0": 0}
+    cls = df["class"].map(lambda v: names.get(str(v).strip().lower()))
+    _bad_rows(path, where, "class", cls.isna(), df["class"], "a class (1/0 or mine/background)")
+    df["class"] = cls.astype(int)
     if "impact" in df.columns:
-        bad = sorted(set(df["impact"].dropna()) - set(IMPACT_CLASSES))
-        if bad:
-            raise InputDataError(f"{path}: column 'impact' has unknown classes {bad} (use {', '.join(IMPACT_CLASSES)})")
-    return df.reset_index(drop=True)
+        bad = df["impact"].notna() & ~df["impact"].isin(IMPACT_CLASSES)
+        if bad.any():
+            values = sorted(set(df.loc[bad, "impact"].astype(str)))
+            first = int(bad[bad].index[0])
+            raise InputDataError(f"{path}: {where(first)}, column 'impact': unknown classes {values} "
+                                 f"(use {', '.join(IMPACT_CLASSES)}; {int(bad.sum())} bad rows)")
+    return df
 
 
 def extract_chips(points: pd.DataFrame, images: list, window: int, bands: list[str], scale: float):

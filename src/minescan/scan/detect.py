@@ -28,6 +28,7 @@ from minescan.scan.inference import (
     log_progress,
     predict_cells,
 )
+from minescan.scan.quality import QualityCheck, check_quadrant
 from minescan.sources.local import TileRaster
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ["cell_x", "cell_y", "zone", "tile", "quadrant", "easting", "northing", "lon", "lat",
                      "probability"]
 IMPACT_COLUMNS = ["p_high", "p_low", "p_no_ore", "impact"]
+DEFAULT_QUALITY = QualityCheck()  # cloud check warns, band-order check on (minescan.scan.quality)
 RATED_BY = "impact_model"  # candidates.csv column: version of the impact model that rated them in detect
 
 
@@ -210,13 +212,16 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                threshold: float | None, block_cells: int | None, prob_out, candidates_out,
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
-               stats: InferenceStats | None = None) -> dict:
+               stats: InferenceStats | None = None, quality: QualityCheck | None = DEFAULT_QUALITY) -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
     loaded), and the CSV carries the ratings and the model's version; ``run_classify`` then only checks and
-    copies them instead of starting TensorFlow a second time for the quadrant."""
+    copies them instead of starting TensorFlow a second time for the quadrant. ``quality``: the cloud and
+    band-order checks of :mod:`minescan.scan.quality` (None: skipped); a cloudy quadrant is tagged in the
+    probability raster, where merge finds it."""
     threshold = model.scan_threshold if threshold is None else threshold
+    flags: dict = {}
     with open_tile(tile_path, tile) as raster:
         c0, _, c1, _ = tile.quadrant_core_px(quadrant)
         rater = None
@@ -234,12 +239,14 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                 if on_empty == "error":
                     raise NoDataError(msg + "; set detect.on_empty_quadrant: warn to accept it")
                 log.warning(msg)
+            if quality is not None and n_valid:
+                flags = check_quadrant(raster, tile, quadrant, scale, quality)
             cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold)
             if impact is not None:
                 cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
                 cands[RATED_BY] = impact.version
     meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
-            "MODEL_VERSION": model.version, "THRESHOLD": threshold}
+            "MODEL_VERSION": model.version, "THRESHOLD": threshold, **flags}
     write_probability_raster(prob_out, prob, kx, ky, tile, meta)
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)

@@ -46,6 +46,23 @@ def read_classified(paths: list[str | Path]) -> pd.DataFrame:
     return df.sort_values(["zone", "cell_y", "cell_x"]).reset_index(drop=True)
 
 
+def cloudy_quadrants(classified: list[str | Path]) -> list[dict]:
+    """Quadrants the detect job flagged as cloudy (minescan.scan.quality): the CLOUDY tag of the probability
+    raster beside each classified.csv (written by the same detect job), with its cloud fraction."""
+    out = []
+    for path in classified:
+        prob = Path(path).parent / "probability.tif"
+        if not prob.is_file():
+            continue
+        import rasterio
+
+        with rasterio.open(prob) as src:
+            tags = src.tags()
+        if tags.get("CLOUDY") == "yes":
+            out.append({"quadrant": Path(path).parent.name, "cloud_fraction": float(tags["CLOUD_FRACTION"])})
+    return sorted(out, key=lambda q: q["quadrant"])
+
+
 def label_sites(df: pd.DataFrame, connectivity: int = 8) -> pd.Series:
     """Connected components of detected cells (per UTM zone), named after their north-west-most cell."""
     ids = pd.Series(index=df.index, dtype=object)
@@ -179,6 +196,11 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
         "site_area_ha": round(float(sites["area_ha"].sum()), 4) if len(sites) else 0.0,
         "models": models, "thresholds": thresholds,
     }
+    cloudy = cloudy_quadrants(classified)
+    if cloudy:  # only when there is one, so that the summary of a clear scan is unchanged
+        summary["cloudy_quadrants"] = cloudy
+        log.warning("%d quadrant(s) look mostly cloudy, their detections are suspect: %s", len(cloudy),
+                    ", ".join(q["quadrant"] for q in cloudy))
     if truth_path:
         summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

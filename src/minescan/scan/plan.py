@@ -4,8 +4,21 @@ Snakemake can lay out the whole DAG (and a dry run can show it) before anything 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from minescan.grid import GridSpec, Tile, TileId, geodesic_area_m2, quadrants_for_region, tiles_for_region
+from minescan.errors import InputDataError
+from minescan.grid import (
+    GridSpec,
+    Tile,
+    TileId,
+    check_halo,
+    geodesic_area_m2,
+    quadrants_for_region,
+    tiles_for_region,
+)
+from minescan.models.networks import FcnGeometry
+from minescan.models.store import CARD_FILE, read_card
+from minescan.sources.local import check_source_headers, expand_sources
 from minescan.vector_io import read_region
 
 
@@ -42,4 +55,24 @@ def scan_plan(cfg: dict) -> ScanPlan:
         if qs:
             plan.tiles.append(tile.name)
             plan.quadrants.extend((tile.name, q) for q in qs)
+    preflight(cfg, grid)
     return plan
+
+
+def preflight(cfg: dict, grid: GridSpec) -> None:
+    """What can be checked before any job runs, so a mistake stops the workflow once instead of failing
+    every job: the halo against the discovery model's receptive field (when the model directory already
+    exists and is not to be trained by this workflow; reading its card is enough, TensorFlow is not
+    started), and the header of every local source GeoTIFF of every period (a file whose header cannot be
+    read has no footprint, so it would be handed to, and fail, every tile)."""
+    model_dir = Path(cfg["models"]["discovery"])
+    if not cfg["train"]["discovery"] and (model_dir / CARD_FILE).is_file():
+        window = int(read_card(model_dir)["window"])
+        check_halo(grid, FcnGeometry(window).halo_px, f"the {window} px discovery model {model_dir}")
+    if cfg["source"]["kind"] == "local":
+        for period in cfg.get("periods") or [None]:
+            try:
+                sources = expand_sources(cfg["source"]["local"]["paths"], period)
+            except InputDataError:
+                continue  # missing imagery is reported by the tile jobs that need it, naming the path
+            check_source_headers(sources)

@@ -45,18 +45,39 @@ def expand_sources(paths: list[str], period: str | None = None) -> list[Path]:
 
 
 @lru_cache(maxsize=4096)
-def _source_footprint(path: str, mtime_ns: int, size: int):
-    """(CRS, bounds) of a GeoTIFF from its header, or None when it cannot be read or has no CRS.
+def _read_footprint(path: str, mtime_ns: int, size: int):
+    """(CRS, bounds) of a GeoTIFF from its header, or the reason it cannot be had (a string).
 
     Cached by path, mtime and size, so a DAG of many tiles reads each header once.
     """
     try:
         with rasterio.open(path) as ds:
             if ds.crs is None:
-                return None
+                return "has no CRS"
             return ds.crs, tuple(ds.bounds)
-    except RasterioError:
-        return None
+    except RasterioError as exc:
+        return f"its header cannot be read as a GeoTIFF ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+
+
+def _source_footprint(path: str, mtime_ns: int, size: int):
+    """(CRS, bounds) of a GeoTIFF from its header, or None when it cannot be read or has no CRS."""
+    fp = _read_footprint(path, mtime_ns, size)
+    return None if isinstance(fp, str) else fp
+
+
+def check_source_headers(sources: list[str | Path]) -> None:
+    """Refuse, naming the file, a source GeoTIFF whose header cannot be read or that has no CRS.
+
+    Run once when the plan is made (before any job is scheduled): such a file has no footprint, so
+    :func:`sources_for_tile` would have to hand it to every tile, and every tile job would fail on it.
+    A file whose header is fine but whose pixels are damaged fails only the tiles its footprint meets.
+    """
+    for src in sources:
+        path = Path(src)
+        st = path.stat()
+        fp = _read_footprint(str(path), st.st_mtime_ns, st.st_size)
+        if isinstance(fp, str):
+            raise InputDataError(f"{path}: source imagery {fp} (key 'source.local.paths'); replace or remove it")
 
 
 def sources_for_tile(tile: Tile, sources: list[str | Path]) -> list[str]:

@@ -256,6 +256,11 @@ def initialize(auth: AuthSettings, ee=None, credentials_factory=None):
     try:
         ee.Initialize(credentials=creds, project=auth.project, url=HIGH_VOLUME_URL if auth.high_volume else None)
     except Exception as exc:
+        if is_network_error(exc):
+            raise GeeAuthError(
+                f"cannot reach Earth Engine (network error: {redact(_first_line(exc))}); check this machine's "
+                "network, DNS and proxy settings (HTTPS_PROXY); the credentials were not checked"
+            ) from None
         raise GeeAuthError(
             f"Earth Engine refused the {auth.describe()} for project '{auth.project}': {redact(_first_line(exc))}. "
             "Check that the project is registered for Earth Engine, that the Earth Engine API is enabled in it "
@@ -264,6 +269,29 @@ def initialize(auth: AuthSettings, ee=None, credentials_factory=None):
     log.info("Earth Engine initialised: project %s, %s%s", auth.project, auth.describe(),
              ", high-volume endpoint" if auth.high_volume else "")
     return creds
+
+
+_NETWORK_TYPES = {"TransportError", "ServerNotFoundError", "NameResolutionError", "NewConnectionError",
+                  "ConnectTimeoutError", "MaxRetryError", "ConnectionError", "ConnectTimeout", "ProxyError",
+                  "gaierror", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError", "timeout"}
+_NETWORK_TEXT = re.compile(r"name or service not known|temporary failure in name resolution|failed to resolve|"
+                           r"nodename nor servname|unable to find the server|failed to establish a new connection|"
+                           r"network is unreachable|connection refused|timed out|no route to host", re.IGNORECASE)
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a network failure (DNS, connection, timeout)
+    rather than a refusal by the server: google-auth wraps these in a TransportError, httplib2 in a
+    ServerNotFoundError, requests/urllib3 in ConnectionError/MaxRetryError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in _NETWORK_TYPES:
+            return True
+        if _NETWORK_TEXT.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _first_line(exc: BaseException, limit: int = 400) -> str:
