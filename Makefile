@@ -1,14 +1,16 @@
 # minescan: the two commands.
 #   make demo   create .venv and run the embedded demo scan (simulated scene -> train -> scan -> layers)
 #   make test   create .venv and run the test suite
-# Other targets: make bench (benchmarks), make lint, make clean-demo.
+# Other targets: make bench (benchmarks), make lint, make clean-demo,
+#   make venv-gpu   .venv-gpu: TensorFlow with CUDA instead of tensorflow-cpu, for GPU nodes (docs/gpu.md)
 
 PYTHON ?= python3
 VENV   := .venv
+GPU_VENV := .venv-gpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean-demo venv
+.PHONY: demo test bench lint clean-demo venv venv-gpu
 
 venv: $(STAMP)
 
@@ -17,6 +19,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
+
+# The GPU environment (never built by demo/test): pip install -e ".[gpu]" (tensorflow[and-cuda]), then
+# scripts/use-gpu-tensorflow.sh swaps out the tensorflow-cpu that the base dependencies pulled in. Run
+# Snakemake from it on a GPU cluster (.venv-gpu/bin/snakemake --profile profiles/slurm); it works on CPUs too.
+venv-gpu: $(GPU_VENV)/.installed
+
+$(GPU_VENV)/.installed: pyproject.toml scripts/use-gpu-tensorflow.sh
+	@test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e ".[gpu,dev]"
+	bash scripts/use-gpu-tensorflow.sh $(GPU_VENV)
+	$(GPU_VENV)/bin/minescan device
+	@touch $@
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default --configfile config/demo.yaml

@@ -15,6 +15,9 @@ SCAN = f"{R}/{{region}}/{{period}}"
 LOGS = f"{R}/logs/{{region}}/{{period}}"
 BENCH = f"{R}/benchmarks/{{region}}/{{period}}"
 ENV = "../envs/minescan.yaml"
+# the TensorFlow rules (detect, classify): TensorFlow with CUDA, so they see the GPU of a GPU node (and run
+# on the CPU elsewhere); docs/gpu.md says which environment to use where
+ENV_GPU = "../envs/minescan-gpu.yaml"
 GRID_ARGS = (
     f"--tile-px {config['grid']['tile_px']} --halo-px {config['grid']['halo_px']} "
     f"--resolution-m {config['grid']['resolution_m']}"

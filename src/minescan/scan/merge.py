@@ -178,7 +178,7 @@ def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonl
 def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period: str, region_lonlat,
                tiles: list[str], quadrants: list[str], models: dict, thresholds: dict, resolution_m: float,
                drop_no_ore: bool = True, connectivity: int = 8, truth_path=None,
-               prior: SpatialPrior | None = None) -> dict:
+               prior: SpatialPrior | None = None, devices: dict | None = None) -> dict:
     outdir = Path(outdir)
     prior = prior or SpatialPrior()
     df = read_classified(classified)
@@ -210,6 +210,8 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
         "site_area_ha": round(float(sites["area_ha"].sum()), 4) if len(sites) else 0.0,
         "models": models, "thresholds": thresholds,
     }
+    if devices is not None:  # detect jobs per device (minescan.scan.device.count_jobs)
+        summary["jobs_per_device"] = {"detect": devices}
     if truth_path:
         summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
