@@ -9,6 +9,8 @@ VENV   := .venv
 GPU_VENV := .venv-gpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the local test cluster of `make test` (tests/test_slurm.py uses the same values when it starts one itself)
+SLURM_TEST_ENV := MINESCAN_SLURM_FAKE_GPUS=4 MINESCAN_SLURM_MEM_MB=64000
 
 .PHONY: demo test bench lint clean-demo venv venv-gpu
 
@@ -45,8 +47,9 @@ test: $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "make test: could not install chromium (the map tests will skip)"; fi
-	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why
-	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && bash scripts/slurm-local.sh start \
+	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why.
+	@# Its node has 4 pretend GPUs (gres backed by /dev/null...), so the scan runs through the GPU profile
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && $(SLURM_TEST_ENV) bash scripts/slurm-local.sh start \
 	  || echo "make test: the local SLURM cluster did not start (tests/test_slurm.py will fail or skip)"; fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh stop || true; fi; exit $$rc

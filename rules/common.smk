@@ -1,5 +1,7 @@
 # Shared values and input functions for the rules. Nothing here does work: it only names paths and the
 # CLI arguments derived from the validated config.
+import re
+
 from minescan.grid import QUADRANTS
 from minescan.sources.local import expand_sources, sources_for_tile
 
@@ -27,6 +29,10 @@ SCALE = config["source"]["reflectance_scale"]
 REGION_LAYER_ARG = f"--region-layer {config['region']['layer']}" if config["region"]["layer"] else ""
 DISCOVERY = config["models"]["discovery"]
 IMPACT = config["models"]["impact"]
+
+
+# tiles whose four quadrants are all scanned (rules/detect_tile.smk can run them as one job)
+FULL_TILES = [t for t in PLAN.tiles if sum(1 for tt, _ in PLAN.quadrants if tt == t) == len(QUADRANTS)]
 
 
 def model_files(path):

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from minescan.cli.common import grid_args, tile_from_args
+from minescan.errors import ConfigError
 
 log = logging.getLogger("minescan")
 
@@ -54,11 +55,16 @@ def cmd_detect(args) -> int:
     model = load_model(args.model, expect_kind="discovery")
     impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
-    with compute_precision(args.precision):
-        run_detect(args.tile_path, tile_from_args(args), args.quadrant, model, region, args.scale, args.threshold,
-                   args.block_cells, args.prob_out, args.candidates_out, args.on_empty,
-                   max_block_mb=max_block_mb, method=args.inference, impact=impact,
-                   impact_batch_size=args.impact_batch_size, tags={"DEVICE": dev.label})
+    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
+        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
+                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
+    # several quadrants (detect.quadrants_per_job: tile): one TensorFlow start and model load for all
+    for quadrant, prob_out, cands_out in zip(args.quadrant, args.prob_out, args.candidates_out, strict=True):
+        with compute_precision(args.precision):
+            run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale, args.threshold,
+                       args.block_cells, prob_out, cands_out, args.on_empty,
+                       max_block_mb=max_block_mb, method=args.inference, impact=impact,
+                       impact_batch_size=args.impact_batch_size, tags={"DEVICE": dev.label})
     return 0
 
 
@@ -111,9 +117,10 @@ def register(sub) -> None:
     p = sub.add_parser("config-reference", help="print every config key (type, default, description) as Markdown")
     p.set_defaults(func=cmd_config_reference)
 
-    p = sub.add_parser("detect", help="discovery FCN on one quadrant: probability COG + candidates CSV")
+    p = sub.add_parser("detect", help="discovery FCN on one quadrant (or several of a tile, one after the other, "
+                       "in one process): probability COG + candidates CSV each")
     p.add_argument("--tile", required=True)
-    p.add_argument("--quadrant", required=True, choices=["NW", "NE", "SW", "SE"])
+    p.add_argument("--quadrant", required=True, choices=["NW", "NE", "SW", "SE"], nargs="+")
     p.add_argument("--tile-path", required=True)
     p.add_argument("--model", required=True, help="discovery model directory")
     p.add_argument("--region", required=True, help="region file (candidates outside are dropped)")
@@ -136,8 +143,8 @@ def register(sub) -> None:
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")
-    p.add_argument("--prob-out", required=True)
-    p.add_argument("--candidates-out", required=True)
+    p.add_argument("--prob-out", required=True, nargs="+", help="one per --quadrant, in the same order")
+    p.add_argument("--candidates-out", required=True, nargs="+", help="one per --quadrant, in the same order")
     grid_args(p)
     p.set_defaults(func=cmd_detect)
 
