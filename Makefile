@@ -55,6 +55,7 @@ test: $(STAMP)
 	  if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh stop || true; fi; exit $$rc
 
 bench: $(STAMP)
+	@$(BIN)/minescan device 2>/dev/null | head -n 1
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)

@@ -47,6 +47,9 @@ def cmd_detect(args) -> int:
     from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, compute_precision, import_keras_lean
     from minescan.vector_io import read_region
 
+    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
+        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
+                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
     import_keras_lean()
     dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device log line
     max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB, device.host_limit_mb())
@@ -55,9 +58,6 @@ def cmd_detect(args) -> int:
     model = load_model(args.model, expect_kind="discovery")
     impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
-    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
-        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
-                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
     # several quadrants (detect.quadrants_per_job: tile): one TensorFlow start and model load for all
     for quadrant, prob_out, cands_out in zip(args.quadrant, args.prob_out, args.candidates_out, strict=True):
         with compute_precision(args.precision):
