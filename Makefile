@@ -1,14 +1,18 @@
 # minescan: the two commands.
 #   make demo   create .venv and run the embedded demo scan (simulated scene -> train -> scan -> layers)
 #   make test   create .venv and run the test suite
-# Other targets: make bench (benchmarks), make lint, make clean-demo.
+# Other targets: make bench (benchmarks), make lint, make clean-demo,
+#   make venv-gpu   .venv-gpu: TensorFlow with CUDA instead of tensorflow-cpu, for GPU nodes (docs/gpu.md)
 
 PYTHON ?= python3
 VENV   := .venv
+GPU_VENV := .venv-gpu
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the local test cluster of `make test` (tests/test_slurm.py uses the same values when it starts one itself)
+SLURM_TEST_ENV := MINESCAN_SLURM_FAKE_GPUS=4 MINESCAN_SLURM_MEM_MB=64000
 
-.PHONY: demo test bench lint clean-demo venv
+.PHONY: demo test bench lint clean-demo venv venv-gpu
 
 venv: $(STAMP)
 
@@ -17,6 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
+
+# The GPU environment (never built by demo/test): pip install -e ".[gpu]" (tensorflow[and-cuda]), then
+# scripts/use-gpu-tensorflow.sh swaps out the tensorflow-cpu that the base dependencies pulled in. Run
+# Snakemake from it on a GPU cluster (.venv-gpu/bin/snakemake --profile profiles/slurm); it works on CPUs too.
+venv-gpu: $(GPU_VENV)/.installed
+
+$(GPU_VENV)/.installed: pyproject.toml scripts/use-gpu-tensorflow.sh
+	@test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e ".[gpu,dev]"
+	bash scripts/use-gpu-tensorflow.sh $(GPU_VENV)
+	$(GPU_VENV)/bin/minescan device
+	@touch $@
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/default --configfile config/demo.yaml
@@ -30,13 +47,15 @@ test: $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "make test: could not install chromium (the map tests will skip)"; fi
-	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why
-	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && bash scripts/slurm-local.sh start \
+	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why.
+	@# Its node has 4 pretend GPUs (gres backed by /dev/null...), so the scan runs through the GPU profile
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && $(SLURM_TEST_ENV) bash scripts/slurm-local.sh start \
 	  || echo "make test: the local SLURM cluster did not start (tests/test_slurm.py will fail or skip)"; fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh stop || true; fi; exit $$rc
 
 bench: $(STAMP)
+	@$(BIN)/minescan device 2>/dev/null | head -n 1
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)

@@ -410,7 +410,10 @@ def main() -> None:
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB; TensorFlow {tf.__version__}, "
-          f"Keras {keras.__version__}, GPU: {bool(tf.config.list_physical_devices('GPU'))}")
+          f"Keras {keras.__version__}")
+    from minescan.scan.device import setup as device_setup
+
+    print(device_setup().log_line())  # GPU model and memory, or CPU and threads (minescan.scan.device)
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; work dir {work}")
     tile_path = work / f"{tile_id(tile_px)}.tif"
     if not tile_path.exists():

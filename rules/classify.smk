@@ -13,7 +13,7 @@ rule classify:
     output:
         f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/classified.csv",
     conda:
-        ENV
+        ENV_GPU
     log:
         f"{LOGS}/classify/{{tile}}_{{quadrant}}.log",
     benchmark:

@@ -5,7 +5,9 @@
 # quoting ({input:q}, {output:q}, {log:q}, {params.x:q}) or, inside a compound argument string built here,
 # through shlex.quote; the unquoted rest are numbers, enums and names the schema constrains to a pattern
 # (bands, region.name, periods). tests/test_faults.py runs a scan whose results_dir holds a space and a $(...).
+import re
 import shlex
+
 from minescan.grid import QUADRANTS
 from minescan.sources.local import expand_sources, sources_for_tile
 
@@ -21,6 +23,9 @@ SCAN = f"{R}/{{region}}/{{period}}"
 LOGS = f"{R}/logs/{{region}}/{{period}}"
 BENCH = f"{R}/benchmarks/{{region}}/{{period}}"
 ENV = "../envs/minescan.yaml"
+# the TensorFlow rules (detect, classify): TensorFlow with CUDA, so they see the GPU of a GPU node (and run
+# on the CPU elsewhere); docs/gpu.md says which environment to use where
+ENV_GPU = "../envs/minescan-gpu.yaml"
 GRID_ARGS = (
     f"--tile-px {config['grid']['tile_px']} --halo-px {config['grid']['halo_px']} "
     f"--resolution-m {config['grid']['resolution_m']}"
@@ -30,6 +35,10 @@ SCALE = config["source"]["reflectance_scale"]
 REGION_LAYER_ARG = f"--region-layer {shlex.quote(config['region']['layer'])}" if config["region"]["layer"] else ""
 DISCOVERY = config["models"]["discovery"]
 IMPACT = config["models"]["impact"]
+
+
+# tiles whose four quadrants are all scanned (rules/detect_tile.smk can run them as one job)
+FULL_TILES = [t for t in PLAN.tiles if sum(1 for tt, _ in PLAN.quadrants if tt == t) == len(QUADRANTS)]
 
 
 def model_files(path):

@@ -16,7 +16,7 @@ rule detect:
         probability=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/probability.tif",
         candidates=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/candidates.csv",
     conda:
-        ENV
+        ENV_GPU
     log:
         f"{LOGS}/detect/{{tile}}_{{quadrant}}.log",
     benchmark:
@@ -31,7 +31,13 @@ rule detect:
             else ""
         ),
         strips=(
-            f"--max-block-mb {config['detect']['max_block_mb']} --inference {config['detect']['inference']}"
+            (
+                f"--max-block-mb {config['detect']['max_block_mb']} "
+                if config["detect"]["max_block_mb"]
+                else ""
+            )
+            + f"--inference {config['detect']['inference']} --precision {config['detect']['precision']}"
+            + (" --require-gpu" if config["detect"]["require_gpu"] else "")
             + (
                 f" --block-cells {config['detect']['block_cells']}"
                 if config["detect"]["block_cells"]
@@ -56,7 +62,7 @@ rule detect:
         layer=REGION_LAYER_ARG,
     threads: 2
     resources:
-        mem_mb=int(1000 + 1.25 * config["detect"]["max_block_mb"]),
+        mem_mb=int(1000 + 1.25 * (config["detect"]["max_block_mb"] or 384)),
         runtime=60,
         gpu=0,
     shell:

@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import bright_square_fcn, grid_tile, save_test_model, write_scene
+from conftest import ROOT, bright_square_fcn, grid_tile, save_test_model, write_scene
 from shapely.geometry import box
 
 from minescan import SENTINEL2_BANDS
@@ -231,7 +231,10 @@ def test_config_keys_and_code_defaults_agree():
 
     d = config.schema()["properties"]["detect"]["properties"]
     d = {k: v["default"] for k, v in d.items()}
-    assert d["max_block_mb"] == DEFAULT_MAX_BLOCK_MB and d["block_cells"] is None and d["inference"] == "auto"
+    # max_block_mb null: DEFAULT_MAX_BLOCK_MB on a CPU (the detect rule reserves memory for 384 MB), from the
+    # free GPU memory on a GPU (minescan.scan.device.block_budget_mb)
+    assert d["max_block_mb"] is None and d["block_cells"] is None and d["inference"] == "auto"
+    assert DEFAULT_MAX_BLOCK_MB == 384 and "or 384)" in (ROOT / "rules" / "detect.smk").read_text()
 
 
 def test_read_errors_propagate_from_the_read_ahead_thread(fcn):

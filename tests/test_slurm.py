@@ -1,5 +1,9 @@
-"""A small scan on a real SLURM cluster through `snakemake --profile profiles/slurm`, byte for byte equal
-to the same scan run locally.
+"""A small scan on a real SLURM cluster through `snakemake --profile profiles/slurm` (the GPU profile),
+byte for byte equal to the same scan run locally.
+
+The node has pretend GPUs (MINESCAN_SLURM_FAKE_GPUS: a `gpu` GRES backed by /dev/null, ...): the detect and
+classify jobs go to the `gpu` partition, request and get a GPU (SLURM sets CUDA_VISIBLE_DEVICES), find that
+TensorFlow cannot use it, say so in their log and run on the CPU; everything else runs on the `cpu` partition.
 
 The cluster is the single-node one of scripts/slurm-local.sh (SLURM 22.05 from Debian, munge, no slurmdbd).
 `make test` starts it before pytest when run as root and stops it after; run alone as root, this module
@@ -10,6 +14,7 @@ Only three options are added on the command line, all for this cluster, not the 
 squeue (there is no accounting database) and poll every few seconds instead of every 40 s.
 """
 
+import json
 import os
 import re
 import shutil
@@ -39,10 +44,20 @@ OUTPUTS = ("detections.csv", "detections.kml", "rejected.csv", "sites.gpkg", "su
 SLURM_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
               "--seconds-between-status-checks", "2")
 TIME_LIMIT_S = 1500  # the whole SLURM run; killed (with its jobs cancelled) beyond that
+# the cluster this module starts when none runs (as `make test` does): 4 pretend GPUs, so the 4 quadrant jobs
+# of the tile run side by side, and room for the GPU profile's memory requests (announced, not real)
+CLUSTER_ENV = {"MINESCAN_SLURM_FAKE_GPUS": "4", "MINESCAN_SLURM_MEM_MB": "64000"}
 
 
 def _script(cmd: str, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), cmd], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", str(SCRIPT), cmd], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **CLUSTER_ENV))
+
+
+def _node_gres() -> str:
+    r = subprocess.run(["timeout", "-s", "KILL", "20", "sinfo", "-h", "-N", "-o", "%G"],
+                       capture_output=True, text=True)
+    return r.stdout.strip()
 
 
 def _our_jobs() -> list[str]:
@@ -76,6 +91,9 @@ def cluster():
             if r.returncode != 0:
                 unavailable(f"`scripts/slurm-local.sh {step}` failed: {(r.stderr or r.stdout).strip()[-1500:]}")
         started_here = True
+    if "gpu" not in _node_gres():
+        unavailable(f"the running cluster's node has no (pretend) GPU (gres '{_node_gres()}'): restart "
+                    "it with MINESCAN_SLURM_FAKE_GPUS=4 bash scripts/slurm-local.sh start (after stop)")
     yield
     for line in _our_jobs():  # whatever a failed or killed run left queued
         if line.split()[2] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
@@ -116,13 +134,18 @@ def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
     assert r.returncode == 0, f"SLURM run failed (exit {r.returncode}, {took:.0f} s):\n{log[-8000:]}"
 
     # it really went through SLURM: one sbatch per tile, per quadrant (detect + classify grouped) and the
-    # merge, each COMPLETED in SLURM's own records
+    # merge, each COMPLETED in SLURM's own records; the quadrant jobs on the gpu partition with a GPU each,
+    # the others on the cpu partition without
     ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
     assert len(ids) == len(TILES) + 4 * len(TILES) + 1, log[-4000:]
     assert log.count("group_quadrant") >= 4 * len(TILES)
-    states = subprocess.run(["timeout", "-s", "KILL", "20", "squeue", "-h", "-t", "all", "-j", ",".join(ids),
-                             "-o", "%i %T"], capture_output=True, text=True).stdout.split()
-    assert states[1::2] == ["COMPLETED"] * len(ids), states
+    jobs = subprocess.run(["timeout", "-s", "KILL", "20", "squeue", "-h", "-t", "all", "-j", ",".join(ids),
+                           "-o", "%i|%T|%P|%b|%k"], capture_output=True, text=True).stdout.split()
+    jobs = [j.split("|") for j in jobs]
+    assert [j[1] for j in jobs] == ["COMPLETED"] * len(ids), jobs
+    on_gpu = [j for j in jobs if j[2] == "gpu"]
+    assert len(on_gpu) == 4 * len(TILES) and all("gpu" in j[3] for j in on_gpu), jobs
+    assert all(j[2] == "cpu" and "gpu" not in j[3] for j in jobs if j not in on_gpu), jobs
 
     out_local, out_slurm = (d / "results" / "tiny" / "2026Q1" for d in (local, on_slurm))
     for name in OUTPUTS:
@@ -130,6 +153,13 @@ def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
     for q in sorted(p.relative_to(out_local) for p in (out_local / "quadrants").glob("*/*.csv")):
         assert (out_slurm / q).read_bytes() == (out_local / q).read_bytes(), f"{q} differs"
     assert (on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "merge.log").exists()
+    # every TensorFlow job says it was given a GPU it cannot use (tensorflow-cpu, /dev/null) and ran on the CPU
+    for quadrant in ("NW", "NE", "SW", "SE"):
+        job_log = on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}_{quadrant}.log"
+        line = next(x for x in job_log.read_text().splitlines() if "device: " in x)
+        assert re.search(r"device: CPU, \d+ threads; a GPU was assigned \(CUDA_VISIBLE_DEVICES=\d\)", line), line
+    summary = json.loads((out_slurm / "summary.json").read_text())
+    assert summary["jobs_per_device"] == {"detect": {"CPU": 4 * len(TILES)}}
     assert (on_slurm / "results" / "benchmarks" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}_NW.tsv").exists()
     # and the SLURM run is complete: nothing left to do
     again = run_snakemake(on_slurm, "-n", target, snakefile=snakefile,

@@ -72,6 +72,9 @@ def register(subparsers) -> None:
 
 
 def cmd_train(args) -> int:
+    from minescan.scan.device import setup as log_device
+
+    log_device()  # GPU memory growth; the device this TensorFlow job runs on, in its log
     from minescan.models.train_points import train
 
     card = train(args.kind, args.points, args.images, args.out, bands=args.bands, scale=args.scale,
@@ -88,6 +91,9 @@ def _tta_for(args, card: dict) -> str:
 
 
 def evaluate_chips_command(args) -> int:
+    from minescan.scan.device import setup as log_device
+
+    log_device()  # GPU memory growth; the device this TensorFlow job runs on, in its log
     from minescan.models import score_chips as cs
     from minescan.models.chips import load_chips
     from minescan.models.store import load_model
@@ -158,6 +164,9 @@ def _print_summary(r: dict) -> None:
 
 
 def train_chips_command(args) -> int:
+    from minescan.scan.device import setup as log_device
+
+    log_device()  # GPU memory growth; the device this TensorFlow job runs on, in its log
     from dataclasses import replace
 
     from minescan.models.chips import load_chips

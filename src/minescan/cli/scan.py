@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from minescan.cli.common import grid_args, tile_from_args
+from minescan.errors import ConfigError
 
 log = logging.getLogger("minescan")
 
@@ -41,21 +42,32 @@ def cmd_config_reference(args) -> int:
 
 def cmd_detect(args) -> int:
     from minescan.models.store import load_model
+    from minescan.scan import device
     from minescan.scan.detect import run_detect
-    from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, import_keras_lean
+    from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, compute_precision, import_keras_lean
     from minescan.scan.quality import QualityCheck
     from minescan.vector_io import read_region
 
+    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
+        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
+                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
     import_keras_lean()
+    dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device log line
+    max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB, device.host_limit_mb())
+    if not args.max_block_mb and dev.kind == "GPU":
+        log.info("strip budget %.0f MB from the GPU's free memory (detect.max_block_mb not set)", max_block_mb)
     model = load_model(args.model, expect_kind="discovery")
     impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
     quality = QualityCheck(args.cloud_check, args.cloud_min_reflectance, args.cloud_max_fraction,
                            args.band_order_check)
-    run_detect(args.tile_path, tile_from_args(args), args.quadrant, model, region, args.scale, args.threshold,
-               args.block_cells, args.prob_out, args.candidates_out, args.on_empty,
-               max_block_mb=args.max_block_mb or DEFAULT_MAX_BLOCK_MB, method=args.inference,
-               impact=impact, impact_batch_size=args.impact_batch_size, quality=quality)
+    # several quadrants (detect.quadrants_per_job: tile): one TensorFlow start and model load for all
+    for quadrant, prob_out, cands_out in zip(args.quadrant, args.prob_out, args.candidates_out, strict=True):
+        with compute_precision(args.precision):
+            run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale, args.threshold,
+                       args.block_cells, prob_out, cands_out, args.on_empty,
+                       max_block_mb=max_block_mb, method=args.inference, impact=impact,
+                       impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label})
     return 0
 
 
@@ -70,6 +82,7 @@ def cmd_classify(args) -> int:
 
 def cmd_merge(args) -> int:
     from minescan.models.store import model_fingerprint, read_card, scan_threshold
+    from minescan.scan.device import count_jobs
     from minescan.scan.merge import merge_scan
     from minescan.scan.spatial_prior import SpatialPrior
     from minescan.vector_io import read_region
@@ -81,13 +94,15 @@ def cmd_merge(args) -> int:
             models[kind] = {"path": path, "name": card.get("name"), "version": model_fingerprint(Path(path))}
     threshold = args.threshold if args.threshold is not None else scan_threshold(read_card(args.discovery_model))
     names = [Path(p).parent.name for p in args.classified]
+    # detect jobs per device, from the DEVICE tag of each quadrant's probability raster (beside classified.csv)
+    devices = count_jobs(Path(p).parent / "probability.tif" for p in args.classified)
     summary = merge_scan(
         args.classified, args.outdir, region_name=args.region_name, period=args.period,
         region_lonlat=read_region(args.region, args.region_layer),
         tiles=sorted({n.rsplit("_", 1)[0] for n in names}), quadrants=names, models=models,
         thresholds={"discovery": threshold, "drop_no_ore": args.drop_no_ore}, resolution_m=args.resolution_m,
         drop_no_ore=args.drop_no_ore, connectivity=args.connectivity, truth_path=args.truth,
-        prior=SpatialPrior(args.isolated_threshold, args.isolation_k, args.isolation_km))
+        prior=SpatialPrior(args.isolated_threshold, args.isolation_k, args.isolation_km), devices=devices)
     ev = summary.get("evaluation")
     if ev:
         print(f"{args.region_name} {args.period}: {summary['sites']} sites detected; site-level recall "
@@ -105,9 +120,10 @@ def register(sub) -> None:
     p = sub.add_parser("config-reference", help="print every config key (type, default, description) as Markdown")
     p.set_defaults(func=cmd_config_reference)
 
-    p = sub.add_parser("detect", help="discovery FCN on one quadrant: probability COG + candidates CSV")
+    p = sub.add_parser("detect", help="discovery FCN on one quadrant (or several of a tile, one after the other, "
+                       "in one process): probability COG + candidates CSV each")
     p.add_argument("--tile", required=True)
-    p.add_argument("--quadrant", required=True, choices=["NW", "NE", "SW", "SE"])
+    p.add_argument("--quadrant", required=True, choices=["NW", "NE", "SW", "SE"], nargs="+")
     p.add_argument("--tile-path", required=True)
     p.add_argument("--model", required=True, help="discovery model directory")
     p.add_argument("--region", required=True, help="region file (candidates outside are dropped)")
@@ -115,8 +131,8 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, default=1e-4, help="tile value to reflectance factor")
     p.add_argument("--threshold", type=float, default=None, help="default: the model card's")
     p.add_argument("--max-block-mb", type=float, default=None,
-                   help="working memory of one inference strip in MB (detect.max_block_mb; default 384, "
-                   "minescan.scan.inference.DEFAULT_MAX_BLOCK_MB)")
+                   help="working memory of one inference strip in MB (detect.max_block_mb; default: 384 "
+                   "(minescan.scan.inference.DEFAULT_MAX_BLOCK_MB) on a CPU, from the free memory on a GPU)")
     p.add_argument("--block-cells", type=int, default=None,
                    help="output-cell rows per strip (cells per block side for --inference blocks); "
                    "overrides --max-block-mb (detect.block_cells)")
@@ -130,11 +146,15 @@ def register(sub) -> None:
     p.add_argument("--cloud-max-fraction", type=float, default=0.5, help="detect.cloud_check.max_fraction")
     p.add_argument("--band-order-check", action=argparse.BooleanOptionalAction, default=True,
                    help="warn when NIR (B8) is darker than blue (B2) over most land (detect.band_order_check)")
+    p.add_argument("--require-gpu", action="store_true",
+                   help="fail (exit 2) when the job has no usable GPU instead of running on the CPU (detect.require_gpu)")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="compute precision of the streamed FCN (detect.precision; tolerance in docs/gpu.md)")
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")
-    p.add_argument("--prob-out", required=True)
-    p.add_argument("--candidates-out", required=True)
+    p.add_argument("--prob-out", required=True, nargs="+", help="one per --quadrant, in the same order")
+    p.add_argument("--candidates-out", required=True, nargs="+", help="one per --quadrant, in the same order")
     grid_args(p)
     p.set_defaults(func=cmd_detect)
 

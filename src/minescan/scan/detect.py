@@ -212,14 +212,16 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                threshold: float | None, block_cells: int | None, prob_out, candidates_out,
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
-               stats: InferenceStats | None = None, quality: QualityCheck | None = DEFAULT_QUALITY) -> dict:
+               stats: InferenceStats | None = None, quality: QualityCheck | None = DEFAULT_QUALITY,
+               tags: dict | None = None) -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
     loaded), and the CSV carries the ratings and the model's version; ``run_classify`` then only checks and
     copies them instead of starting TensorFlow a second time for the quadrant. ``quality``: the cloud and
     band-order checks of :mod:`minescan.scan.quality` (None: skipped); a cloudy quadrant is tagged in the
-    probability raster, where merge finds it."""
+    probability raster, where merge finds it. ``tags`` are added to the probability raster's (e.g. DEVICE,
+    see :mod:`minescan.scan.device`)."""
     threshold = model.scan_threshold if threshold is None else threshold
     flags: dict = {}
     with open_tile(tile_path, tile) as raster:
@@ -246,7 +248,7 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                 cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
                 cands[RATED_BY] = impact.version
     meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
-            "MODEL_VERSION": model.version, "THRESHOLD": threshold, **flags}
+            "MODEL_VERSION": model.version, "THRESHOLD": threshold, **flags, **(tags or {})}
     write_probability_raster(prob_out, prob, kx, ky, tile, meta)
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)
@@ -358,7 +360,10 @@ def lazy_model(directory, kind: str) -> LoadedModel:
 
 
 def load_network(model: LoadedModel) -> LoadedModel:
+    from minescan.scan.device import setup
+
     import_keras_lean()
+    setup()  # logs the device this job rates on (and enables GPU memory growth) before TensorFlow starts
     return load_model(model.path, expect_kind=model.card["kind"])
 
 

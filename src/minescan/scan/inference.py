@@ -34,7 +34,10 @@ cells, so compute is ``(n + 8)^2 / n^2`` times the necessary (1.36x at n = 48). 
 batched (up to the memory budget) so an accelerator is kept busy.
 
 Nothing here is CPU-specific: the stage models are ordinary Keras models, placed on a GPU by TensorFlow
-when one is visible. On a GPU, raise ``max_block_mb`` so that strips fill it.
+when one is visible. On a GPU the detect command sizes strips from the free GPU memory
+(:func:`minescan.scan.device.block_budget_mb`), so a quadrant streams in one or a few tall strips.
+``precision`` ('float32', or 'bfloat16'/'float16' mixed precision: float32 weights, reduced-precision
+compute, float32 outputs) applies to the stream; its bound is ``minescan.scan.device.PRECISION_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ RawReader = Callable[[int, int, int, int], np.ndarray]
 MIN_VALID_FRACTION = 0.5  # a cell with less valid (non-nodata) footprint is reported as no data
 DEFAULT_MAX_BLOCK_MB = 384  # working memory of one strip (see predict_cells); a detect job adds ~0.7 GB
 METHODS = ("auto", "stream", "blocks")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 # ------------------------------------------------------------------------------------------- normalisation
@@ -244,7 +248,9 @@ def compiled(model) -> Callable[[np.ndarray], np.ndarray]:
     import tensorflow as tf
 
     spec = tf.TensorSpec((None, None, None, int(model.input_shape[-1])), tf.float32)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], jit_compile=False)
+    # float32 out whatever the compute precision (identity for float32 models)
+    fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), input_signature=[spec],
+                     jit_compile=False)
     return lambda x: fn(tf.convert_to_tensor(x)).numpy()
 
 
@@ -275,10 +281,12 @@ class StreamNet:
         self.run_tail = compiled(self.tail)
 
     @classmethod
-    def build(cls, network, gain: np.ndarray | None = None) -> StreamNet | None:
+    def build(cls, network, gain: np.ndarray | None = None, precision: str = "float32") -> StreamNet | None:
         """Stage models for ``network`` (weights copied, first kernel scaled by ``gain``); None if the
-        network is not ``[Conv 'same' -> Pool]+`` followed by 'valid'/pointwise layers."""
+        network is not ``[Conv 'same' -> Pool]+`` followed by 'valid'/pointwise layers. ``precision``
+        other than float32: every layer but the last computes in it (Keras mixed precision)."""
         keras = _keras()
+        mixed = None if precision == "float32" else f"mixed_{precision}"
         L = keras.layers
         layers = _chain_layers(network)
         if not layers:
@@ -292,6 +300,8 @@ class StreamNet:
             kh, kw = conv.kernel_size
             cfg = conv.get_config()
             cfg.update(padding="valid", name=f"{conv.name}_rows")
+            if mixed:
+                cfg["dtype"] = mixed
             inp = keras.Input((None, None, channels), name=f"{conv.name}_in")
             x = L.ZeroPadding2D(((0, 0), (kw // 2, kw // 2)))(inp) if kw > 1 else inp
             rows_conv = type(conv).from_config(cfg)
@@ -302,6 +312,8 @@ class StreamNet:
             rows_conv.set_weights(weights)
             pcfg = pool.get_config()
             pcfg["name"] = f"{pool.name}_rows"
+            if mixed:
+                pcfg["dtype"] = mixed
             x = type(pool).from_config(pcfg)(x)
             stages.append(StreamStage(keras.Model(inp, x, name=f"stage{len(stages) + 1}"), kh // 2,
                                       pool.pool_size[0], conv.filters))
@@ -317,8 +329,14 @@ class StreamNet:
             reach += r
         inp = keras.Input((None, None, channels), name="tail_in")
         x = inp
-        for la in layers[i:]:
-            x = la(x)
+        for j, la in enumerate(layers[i:], start=i):
+            if mixed:  # a copy computing in reduced precision; the output layer stays float32
+                copy = type(la).from_config({**la.get_config(), "name": f"{la.name}_{precision}",
+                                             "dtype": mixed if j < len(layers) - 1 else "float32"})
+                x = copy(x)
+                copy.set_weights(la.get_weights())
+            else:
+                x = la(x)
         return cls(stages, keras.Model(inp, x, name="tail"), reach, in_channels, stages[0].channels)
 
     def bytes_per_input_row(self, width: int) -> float:
@@ -334,11 +352,15 @@ class StreamNet:
 _STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def stream_net(network, gain: np.ndarray | None = None) -> StreamNet | None:
-    """:meth:`StreamNet.build`, cached per network, gain and weights (building and tracing costs ~1 s)."""
+def stream_net(network, gain: np.ndarray | None = None, precision: str | None = None) -> StreamNet | None:
+    """:meth:`StreamNet.build`, cached per network, gain, precision and weights (building and tracing costs
+    ~1 s). ``precision`` None: the one set by :func:`compute_precision` (float32 unless set)."""
     import hashlib
 
-    h = hashlib.sha1(b"" if gain is None else np.asarray(gain, np.float32).tobytes())
+    precision = precision or _PRECISION[0]
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    h = hashlib.sha1(precision.encode() + (b"" if gain is None else np.asarray(gain, np.float32).tobytes()))
     for w in network.get_weights():  # the stages hold copies: changed weights need new stages
         h.update(np.ascontiguousarray(w).tobytes())
     key = h.hexdigest()
@@ -346,8 +368,30 @@ def stream_net(network, gain: np.ndarray | None = None) -> StreamNet | None:
     if key not in per_net:
         if len(per_net) >= 4:  # e.g. weights changing under training: keep the cache small
             per_net.clear()
-        per_net[key] = StreamNet.build(network, gain)
+        per_net[key] = StreamNet.build(network, gain, precision)
     return per_net[key]
+
+
+_PRECISION = ["float32"]
+
+
+class compute_precision:  # noqa: N801 - used like a function: ``with compute_precision("bfloat16"):``
+    """Within the block, streamed inference computes in ``precision`` (detect.precision); the detect
+    command sets it around a job so the scan code needs no extra argument."""
+
+    def __init__(self, precision: str):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.precision = precision
+
+    def __enter__(self):
+        self._before = _PRECISION[0]
+        _PRECISION[0] = self.precision
+        return self
+
+    def __exit__(self, *exc):
+        _PRECISION[0] = self._before
+        return False
 
 
 class _Level:
@@ -600,6 +644,9 @@ def predict_cells(network, geometry: FcnGeometry, read: RawReader, norm: Normali
         out = _predict_stream(net, network, geometry, read, norm, kx, ky, max_block_mb, block_cells,
                               progress, stats, prefetch, on_rows, keep_px)
     else:
+        if _PRECISION[0] != "float32":
+            log.warning("precision %s applies to the streamed FCN only: network %s runs in float32 (blocks)",
+                        _PRECISION[0], network.name)
         out = _predict_blocks(network, geometry, read, norm, kx, ky, max_block_mb, block_cells, progress, stats)
     stats.wall_s = time.perf_counter() - t0
     rate = stats.flops / stats.wall_s / 1e9 if stats.wall_s else 0.0

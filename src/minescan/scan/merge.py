@@ -164,7 +164,7 @@ def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonl
 def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period: str, region_lonlat,
                tiles: list[str], quadrants: list[str], models: dict, thresholds: dict, resolution_m: float,
                drop_no_ore: bool = True, connectivity: int = 8, truth_path=None,
-               prior: SpatialPrior | None = None) -> dict:
+               prior: SpatialPrior | None = None, devices: dict | None = None) -> dict:
     outdir = Path(outdir)
     prior = prior or SpatialPrior()
     df = read_classified(classified)
@@ -201,6 +201,8 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
         summary["cloudy_quadrants"] = cloudy
         log.warning("%d quadrant(s) look mostly cloudy, their detections are suspect: %s", len(cloudy),
                     ", ".join(q["quadrant"] for q in cloudy))
+    if devices is not None:  # detect jobs per device (minescan.scan.device.count_jobs)
+        summary["jobs_per_device"] = {"detect": devices}
     if truth_path:
         summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,50 @@
+# Detect, a tile at a time (detect.quadrants_per_job: tile): the four quadrants of a tile in ONE job and one
+# process, one after the other, so TensorFlow starts and the models load once instead of four times (~3 s of
+# every quadrant job). Each quadrant is computed exactly as by rule detect, into the same per-quadrant files
+# (so classify, merge, seams and reruns are unchanged). Only tiles whose four quadrants are all scanned use it
+# (tiles on the region's edge keep one job per quadrant); the ruleorder prefers it where both apply.
+
+
+if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
+
+    ruleorder: detect_tile > detect
+
+    rule detect_tile:
+        wildcard_constraints:
+            tile="|".join(re.escape(t) for t in FULL_TILES),
+        input:
+            tile=f"{SCAN}/tiles/{{tile}}.tif",
+            model=model_files(DISCOVERY),
+            impact=ancient(model_files(IMPACT)),
+            region=config["region"]["file"],
+        output:
+            probability=[f"{SCAN}/quadrants/{{tile}}_{q}/probability.tif" for q in QUADRANTS],
+            candidates=[f"{SCAN}/quadrants/{{tile}}_{q}/candidates.csv" for q in QUADRANTS],
+        conda:
+            ENV_GPU
+        log:
+            f"{LOGS}/detect/{{tile}}.log",
+        benchmark:
+            f"{BENCH}/detect/{{tile}}.tsv"
+        params:
+            quadrants=" ".join(QUADRANTS),
+            grid=rules.detect.params.grid,
+            scale=rules.detect.params.scale,
+            model=rules.detect.params.model,
+            threshold=rules.detect.params.threshold,
+            strips=rules.detect.params.strips,
+            on_empty=rules.detect.params.on_empty,
+            checks=rules.detect.params.checks,
+            impact=rules.detect.params.impact,
+            layer=rules.detect.params.layer,
+        threads: 2
+        resources:
+            mem_mb=int(1000 + 1.25 * (config["detect"]["max_block_mb"] or 384)),
+            runtime=120,
+            gpu=0,
+        shell:
+            "minescan detect --tile {wildcards.tile} --quadrant {params.quadrants} --tile-path {input.tile:q} "
+            "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
+            "{params.threshold} {params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} "
+            "{params.grid} "
+            "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"
