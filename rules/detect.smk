@@ -32,6 +32,12 @@ rule detect:
         ),
         strips=(
             f"--max-block-mb {config['detect']['max_block_mb']} --inference {config['detect']['inference']}"
+            + f" --patch-inference {config['detect']['patch_inference']}"
+            + (
+                f" --patch-stride {config['detect']['patch_stride']}"
+                if config["detect"]["patch_stride"]
+                else ""
+            )
             + (
                 f" --block-cells {config['detect']['block_cells']}"
                 if config["detect"]["block_cells"]

@@ -146,9 +146,11 @@ class StreamRater:
             self._rate(len(self._keys))
 
 
-def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile: Tile, meta: dict) -> None:
-    """Cloud-optimised GeoTIFF of mine probability, one pixel per 27 x 27 px cell, NaN = no data."""
-    cell_m = STRIDE * tile.grid.resolution_m
+def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile: Tile, meta: dict,
+                             cell_px: int = STRIDE) -> None:
+    """Cloud-optimised GeoTIFF of mine probability, one pixel per cell (27 x 27 px for the FCN, a patch
+    model's stride otherwise), NaN = no data."""
+    cell_m = cell_px * tile.grid.resolution_m
     transform = Affine(cell_m, 0, kx.start * cell_m, 0, -cell_m, -ky.start * cell_m)
     profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": prob.shape[0],
                "width": prob.shape[1], "crs": tile.crs, "transform": transform, "nodata": float("nan")}
@@ -163,12 +165,12 @@ def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile:
 
 
 def candidates_table(prob: np.ndarray, kx: range, ky: range, tile: Tile, quadrant: str, region_lonlat,
-                     threshold: float) -> pd.DataFrame:
+                     threshold: float, cell_px: int = STRIDE) -> pd.DataFrame:
     """Cells at or above ``threshold`` whose centre lies in the region (and the tile's zone strip)."""
     iy, ix = np.nonzero(np.nan_to_num(prob, nan=-1.0) >= threshold)
     cx = np.asarray(kx)[ix]
     cy = np.asarray(ky)[iy]
-    e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m)
+    e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m, cell_px)
     inside = contains_xy(region_in_tile_crs(region_lonlat, tile), e, n) if len(e) else np.zeros(0, bool)
     cx, cy, e, n, p = cx[inside], cy[inside], e[inside], n[inside], prob[iy, ix][inside]
     lon, lat = _to_lonlat(e, n, tile.id.epsg)
@@ -193,36 +195,53 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                threshold: float | None, block_cells: int | None, prob_out, candidates_out,
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
-               stats: InferenceStats | None = None) -> dict:
+               stats: InferenceStats | None = None, patch_stride: int | None = None,
+               patch_method: str = "auto") -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
     loaded), and the CSV carries the ratings and the model's version; ``run_classify`` then only checks and
-    copies them instead of starting TensorFlow a second time for the quadrant."""
+    copies them instead of starting TensorFlow a second time for the quadrant.
+
+    An imported patch classifier (card ``patch``) is scanned by :mod:`minescan.scan.patches` every
+    ``patch_stride`` px (default: the card's stride) with ``patch_method``; its cells are that stride."""
+    from minescan.models.imported import is_patch_model
+
     threshold = model.scan_threshold if threshold is None else threshold
+    patch = is_patch_model(model.card)
+    cell_px = STRIDE
     with open_tile(tile_path, tile) as raster:
         c0, _, c1, _ = tile.quadrant_core_px(quadrant)
         rater = None
-        if impact is not None:
+        if impact is not None and not patch:
             rater = StreamRater(impact, model.bands, threshold, scale, raster.nodata, impact_batch_size)
             rater = rater if rater.usable else None
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0 + 2 * tile.grid.halo_px)):
-            prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
-                                                  max_block_mb=max_block_mb, method=method, stats=stats,
-                                                  rater=rater)
+            if patch:
+                from minescan.scan.patches import quadrant_patch_probabilities
+
+                prob, kx, ky, cell_px = quadrant_patch_probabilities(
+                    raster, tile, quadrant, model, scale, stride=patch_stride, method=patch_method,
+                    max_block_mb=max_block_mb, block_rows=block_cells, stats=stats)
+            else:
+                prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
+                                                      max_block_mb=max_block_mb, method=method, stats=stats,
+                                                      rater=rater)
             n_valid = int(np.isfinite(prob).sum())
             if n_valid == 0:
                 msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
                 if on_empty == "error":
                     raise NoDataError(msg + "; set detect.on_empty_quadrant: warn to accept it")
                 log.warning(msg)
-            cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold)
+            cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold, cell_px)
             if impact is not None:
                 cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
                 cands[RATED_BY] = impact.version
     meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
             "MODEL_VERSION": model.version, "THRESHOLD": threshold}
-    write_probability_raster(prob_out, prob, kx, ky, tile, meta)
+    if patch:
+        meta["CELL_PX"] = cell_px
+    write_probability_raster(prob_out, prob, kx, ky, tile, meta, cell_px)
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)
     log.info("%s %s: %d cells, %d valid, %d candidates >= %.2f%s", tile.name, quadrant, prob.size, n_valid,
@@ -258,9 +277,15 @@ def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFr
     norm = normalisation(raster, model, scale)
     if len(cands) == 0:
         return
-    # pixel holding the cell centre, then the patch around it
-    col0 = cands["cell_x"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
-    row0 = cands["cell_y"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
+    # pixel holding the cell centre, then the patch around it; from the centre's coordinates when the table
+    # has them, so cells of any size (27 px FCN cells, a patch model's stride) are rated alike
+    if "easting" in cands.columns and "northing" in cands.columns:
+        res = float(raster.ds.res[0])
+        col0 = np.floor(cands["easting"].to_numpy(np.float64) / res + 1e-6).astype(np.int64) - w // 2
+        row0 = np.floor(-cands["northing"].to_numpy(np.float64) / res + 1e-6).astype(np.int64) - w // 2
+    else:
+        col0 = cands["cell_x"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
+        row0 = cands["cell_y"].to_numpy() * STRIDE + STRIDE // 2 - w // 2
     pend_idx: list[np.ndarray] = []
     pend_raw: list[np.ndarray] = []
 
