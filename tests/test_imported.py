@@ -305,3 +305,28 @@ def test_spec_options_override_the_preset():
     spec = spec_from_preset("amw-2021-rgb", input_scale=1e-4)
     assert spec.zscore is None and spec.input_scale == 1e-4 and spec.crop == 44
     assert isinstance(spec_from_preset(None, bands=("B4",)), ImportSpec)
+
+
+def test_evaluate_chips_scores_rgb_chips_with_an_imported_rgb_model(h5s, tmp_path, capsys):
+    """uint8 preview chips: DN = uint8 / 255 x 3000, z-scored with the preset's constants, 44 px centre crop."""
+    import pandas as pd
+
+    model_dir = tmp_path / "rgb"
+    assert run(["import-model", "--preset", "amw-2021-rgb", "--h5", str(h5s["rgb"]), "--out", str(model_dir)]) == 0
+    rng = np.random.default_rng(7)
+    x = rng.integers(1, 256, (12, 48, 48, 3)).astype(np.uint8)
+    y = np.array([0, 1] * 6, dtype=np.int8)
+    np.savez(tmp_path / "chips.npz", x=x, y=y)
+    assert run(["evaluate-chips", "--model", str(model_dir), "--chips", str(tmp_path / "chips.npz"),
+                "--out", str(tmp_path / "s.csv"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["threshold"] == 0.8 and result["tta"] == "none" and result["n"] == 12
+    dn = x.astype(np.float64) / 255 * 3000
+    hand = (dn[:, 2:46, 2:46] - np.array(RGB_MEAN)) / np.array(RGB_STD)
+    scores = pd.read_csv(tmp_path / "s.csv")["score"].to_numpy()
+    np.testing.assert_allclose(scores, h5_scores(h5s["rgb"], hand), atol=2e-6)
+    # a 13-band model cannot score RGB chips: one line naming both band lists
+    assert run(["import-model", "--preset", "amw-2024", "--h5", str(h5s["valid"]), "--out", str(tmp_path / "l1c")]) == 0
+    capsys.readouterr()
+    assert run(["evaluate-chips", "--model", str(tmp_path / "l1c"), "--chips", str(tmp_path / "chips.npz")]) == 2
+    assert "takes B1, B2, B3, B4, B5, B6, B7, B8, B8A, B9, B10" in capsys.readouterr().err

@@ -15,11 +15,13 @@ cropped and put through the network. Two ways, both in strips of position rows (
 ``fcn`` (when the network allows it). Every 'valid' convolution and 'valid' pooling of a member network is
 applied to the whole strip at once, and ``Flatten -> Dense`` becomes a convolution whose kernel is the
 feature map (``Dense`` weights reshaped to ``fh x fw x C x units``; later ``Dense`` layers become 1 x 1
-convolutions). Output pixel ``(i, j)`` is then the patch that starts ``P (i, j)`` px from the strip's
-origin, ``P`` the product of the pooling (and convolution) strides, so when ``P`` divides the stride the
-positions are every ``stride / P``-th output pixel and overlapping patches share their convolutions. Not
-allowed: 'same' padding (the patch alone sees zeros at its border, the strip sees its neighbours),
-padding/cropping layers, or ``P`` not dividing the stride; then
+convolutions). Pixel ``(i, j)`` of the last pooled map is the patch that starts ``P (i, j)`` px from the
+strip's origin, ``P`` the product of the pooling (and convolution) strides, so when ``P`` divides the
+stride, the scan positions are every ``stride / P``-th map pixel: the convolutions before the flattening
+are shared by overlapping patches, and the head (the former ``Dense`` layers) runs only at the positions
+(its first convolution has stride ``stride / P``). Not allowed: 'same' padding (the patch alone sees
+zeros at its border, the strip sees its neighbours), padding/cropping layers, or ``P`` not dividing the
+stride; then
 
 ``patches``: batched patch evaluation, the saved network on batches of patches cut from the strip.
 
@@ -85,7 +87,9 @@ def _member_layers(member) -> list:
 
 def fully_convolutional(member, stride: int) -> tuple[object | None, int, str]:
     """(model, P, '') : ``member`` as a fully convolutional Keras model whose output pixel (i, j) is the
-    member's output for the patch at input offset (P i, P j); or (None, P, reason) when not allowed."""
+    member's output for the patch at input offset (stride i, stride j); or (None, P, reason) when not
+    allowed. P is the product of the pooling/convolution strides; the layers after the flattening run
+    only at the scan positions (a convolution of stride ``stride / P``)."""
     keras = _keras()
     L = keras.layers
     layers = _member_layers(member)
@@ -121,23 +125,28 @@ def fully_convolutional(member, stride: int) -> tuple[object | None, int, str]:
         elif kind in ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
             if collapsed:
                 return None, factor, f"layer {la.name}: a second flattening"
+            if stride % factor:
+                return None, factor, (f"its pooling/stride factor {factor} px does not divide the scan stride "
+                                      f"{stride} px")
+            step = stride // factor  # map pixels between scan positions: the head runs only there
             shape = tuple(int(v) for v in la.input.shape[1:])
             if kind == "Flatten":
                 flat = shape
             else:
                 pool = L.AveragePooling2D if kind == "GlobalAveragePooling2D" else L.MaxPooling2D
-                x = pool(shape[:2], strides=1, name=f"{la.name}_fcn")(x)
+                x = pool(shape[:2], strides=step, name=f"{la.name}_fcn")(x)
             collapsed = True
         elif kind == "Dense":
             cfg = la.get_config()
             kernel, *rest = la.get_weights()
-            if flat is not None:  # Dense on a flattened (fh, fw, C) map: a convolution of that size
-                fh, fw, c = flat
-                size, kernel = (fh, fw), kernel.reshape(fh, fw, c, la.units)
+            strides = 1
+            if flat is not None:  # Dense on a flattened (fh, fw, C) map: a convolution of that size,
+                fh, fw, c = flat  # evaluated at the scan positions only (every ``step`` map pixels)
+                size, kernel, strides = (fh, fw), kernel.reshape(fh, fw, c, la.units), step
                 flat = None
             else:
                 size, kernel = (1, 1), kernel.reshape(1, 1, -1, la.units)
-            conv = L.Conv2D(la.units, size, padding="valid", activation=cfg["activation"],
+            conv = L.Conv2D(la.units, size, strides=strides, padding="valid", activation=cfg["activation"],
                             use_bias=cfg["use_bias"], name=f"{la.name}_fcn")
             x = conv(x)
             weights.append((conv, [kernel, *rest]))
@@ -153,8 +162,6 @@ def fully_convolutional(member, stride: int) -> tuple[object | None, int, str]:
             return None, factor, f"layer {la.name} ({kind}) has no fully convolutional form here"
     if not collapsed:
         return None, factor, "the network never reduces a patch to one vector"
-    if stride % factor:
-        return None, factor, f"its pooling/stride factor {factor} px does not divide the scan stride {stride} px"
     model = keras.Model(inp, x, name=f"{member.name}_fcn")
     for layer, w in weights:
         layer.set_weights(w)
@@ -217,11 +224,11 @@ class PatchNet:
         """P(mine) (ny, nx) of the positions of a normalised strip ``z`` whose first patch starts at (0, 0)."""
         if self._fcn_runs is None:
             self._fcn_runs = [compiled(m) for m in self.fcn]
-        m, step = self.margin, self.stride // self.factor
-        x = z[None, m:, m:]
+        m = self.margin
+        x = np.ascontiguousarray(z[None, m:, m:], dtype=np.float32)
         total = None
         for run, head in zip(self._fcn_runs, self.heads, strict=True):
-            out = run(np.ascontiguousarray(x, dtype=np.float32))[0, ::step, ::step][:ny, :nx]
+            out = run(x)[0, :ny, :nx]
             if out.shape[:2] != (ny, nx):  # pragma: no cover - geometry invariant
                 raise AssertionError(f"FCN form gives {out.shape[:2]} positions for {(ny, nx)}")
             p = out[..., head["mine"]]
