@@ -15,7 +15,7 @@ from minescan.grid import QUADRANTS, cells_in_core
 from minescan.models.imported import L1C_BANDS, ImportSpec, import_h5, read_h5_config, spec_from_preset
 from minescan.models.store import load_model
 from minescan.scan.inference import Normalisation
-from minescan.scan.patches import PatchGeometry, PatchNet, quadrant_patch_probabilities
+from minescan.scan.patches import PatchNet, quadrant_patch_probabilities
 from minescan.sources.local import TileRaster, make_tile
 
 RGB_MEAN = (1091.9574, 1172.4902, 1175.9235)
@@ -95,18 +95,19 @@ def _imported(h5, tmp_path, name="m", **spec):
     return load_model(tmp_path / name)
 
 
-def _patch_by_patch(raster, h5, kx, ky, stride, window=48, scale=1e-4):
-    """Reference: every position's patch read alone, divided by 10000, through the .h5 model."""
-    geo = PatchGeometry(window, stride)
+def _patch_by_patch(raster, h5, kx, ky, stride, window=48, prepare=None, bands=None):
+    """Reference: every position's patch (centred on its cell: it starts at stride * k + stride // 2 - 24)
+    read alone and prepared as the .h5 model expects (default: DN / 10000), through the .h5 model."""
+    bands = bands or list(range(13))
     patches, where = [], []
     for j, y in enumerate(ky):
         for i, x in enumerate(kx):
-            c, r = geo.start(x), geo.start(y)
-            patches.append(raster.read_px(c, r, c + window, r + window, list(range(13))))
+            c, r = stride * x + stride // 2 - window // 2, stride * y + stride // 2 - window // 2
+            patches.append(raster.read_px(c, r, c + window, r + window, bands))
             where.append((j, i))
     raw = np.stack(patches)
     ref = np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
-    p = h5_scores(h5, raw.astype(np.float32) * np.float32(scale))
+    p = h5_scores(h5, prepare(raw) if prepare else raw.astype(np.float64) / 10000)
     # a cell is no data when less than half of its stride x stride footprint is valid
     off = window // 2 - stride // 2
     valid = np.all(raw != 0, axis=-1)[:, off : off + stride, off : off + stride].mean(axis=(1, 2))
@@ -221,6 +222,25 @@ def test_patch_scan_equals_patch_by_patch_on_every_position(h5s, tmp_path, l1c_t
             np.testing.assert_allclose(prob, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["fcn", "patches"])
+def test_cropped_zscored_rgb_model_scans_exactly(h5s, tmp_path, l1c_tile, method):
+    """The 2021 RGB family in the scan: bands B4, B3, B2 picked from the 13-band tile, z-scored in DN,
+    44 px centre crop of each 48 px patch."""
+    (t, path), _ = l1c_tile
+    model = _imported(h5s["rgb"], tmp_path, preset="amw-2021-rgb")
+    assert PatchNet.from_model(model).fcn is not None
+
+    def prepare(raw):  # nodata pixels (0 in every band) enter as z = 0, the band mean, as cards define
+        dn = raw[:, 2:46, 2:46].astype(np.float64)
+        return (dn - np.array(RGB_MEAN)) / np.array(RGB_STD) * np.all(dn != 0, axis=-1)[..., None]
+
+    with TileRaster(path, t) as raster:
+        prob, kx, ky, _ = quadrant_patch_probabilities(raster, t, "SE", model, 1e-4, method=method, block_rows=5)
+        b = [raster.band_names.index(n) for n in ("B4", "B3", "B2")]
+        ref = _patch_by_patch(raster, h5s["rgb"], kx, ky, 24, prepare=prepare, bands=b)
+    np.testing.assert_allclose(prob, ref, atol=1e-5)
+
+
 def test_fcn_form_is_refused_for_same_padding_and_unaligned_pooling(h5s, tmp_path, l1c_tile, caplog):
     (t, path), _ = l1c_tile
     same = _imported(h5s["same"], tmp_path, "same")
@@ -250,6 +270,12 @@ def test_seams_every_position_once_and_equal_to_the_whole_tile(h5s, tmp_path, l1
             sl = (slice(qy.start - ky.start, qy.stop - ky.start), slice(qx.start - kx.start, qx.stop - kx.start))
             seen[sl] += 1
             np.testing.assert_allclose(p, whole[sl], atol=1e-5)
+            # a position belongs to the quadrant whose core holds its centre (pixel stride * k + stride // 2)
+            c0, r0, c1, r1 = t.quadrant_core_px(q)
+            for ks, lo, hi in ((qx, c0, c1), (qy, r0, r1)):
+                centres = stride * np.arange(ks.start - 1, ks.stop + 1) + stride // 2
+                assert (lo <= centres[1:-1]).all() and (centres[1:-1] < hi).all()
+                assert centres[0] < lo and centres[-1] >= hi
     assert (seen == 1).all()
     kx2, _ = cells_in_core(t2.core_px(), stride)
     assert kx2.start == kx.stop  # no position lost or repeated between the tiles
@@ -330,3 +356,28 @@ def test_evaluate_chips_scores_rgb_chips_with_an_imported_rgb_model(h5s, tmp_pat
     capsys.readouterr()
     assert run(["evaluate-chips", "--model", str(tmp_path / "l1c"), "--chips", str(tmp_path / "chips.npz")]) == 2
     assert "takes B1, B2, B3, B4, B5, B6, B7, B8, B8A, B9, B10" in capsys.readouterr().err
+
+
+def test_b10_in_the_config_and_the_l1c_composite_and_a_missing_band_names_band_and_model(h5s, tmp_path):
+    from minescan import SENTINEL2_BANDS
+    from minescan import config as cfgmod
+    from minescan.errors import BandMismatchError
+    from minescan.sources.gee.composite import build_composite
+    from minescan.sources.gee.recorder import RecordingEE
+    from minescan.sources.gee.settings import GeeSettings
+
+    cfg = cfgmod.validate({"region": {"name": "r", "file": "x.geojson"}, "periods": ["2026Q1"],
+                           "bands": list(L1C_BANDS),
+                           "source": {"kind": "gee", "gee": {"collection": "COPERNICUS/S2_HARMONIZED"}}})
+    settings = GeeSettings.from_config(cfg)
+    assert settings.bands == L1C_BANDS
+    image = repr(build_composite(RecordingEE(), settings, "2026Q1", None))
+    assert ".select(" + repr(list(L1C_BANDS)) + ")" in image
+    # a 12-band tile (no B10) and a 13-band model: one line naming the band, the tile and the model
+    t = grid_tile(93, 1440)
+    scene = write_scene(tmp_path / "scene.tif", [t], bands=SENTINEL2_BANDS)
+    make_tile(t, [scene], list(SENTINEL2_BANDS), tmp_path / "t.tif")
+    model = _imported(h5s["valid"], tmp_path)
+    with TileRaster(tmp_path / "t.tif", t) as raster, \
+            pytest.raises(BandMismatchError, match=r"t\.tif: band\(s\) B10 required by model .*/m are missing"):
+        quadrant_patch_probabilities(raster, t, "NW", model, 1e-4)

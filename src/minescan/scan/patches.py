@@ -247,19 +247,23 @@ class PatchNet:
         return 8.0 * total
 
     def bytes_per_input_px(self) -> float:
-        """Working memory per strip pixel of the FCN form: input, z and each layer's map at its resolution."""
+        """Working memory per strip pixel of the FCN form (float32): tile values, input and every map of
+        the layers before the flattening at its resolution (an upper bound: maps are freed as the graph
+        runs); the head, at the scan positions only, is negligible."""
         total = 3.0 * int(self.network.input_shape[-1])
         for member in self.members:
             f = 1
             for la in _member_layers(member):
-                if type(la).__name__ in ("Conv2D", "MaxPooling2D", "AveragePooling2D") and hasattr(la, "strides"):
+                kind = type(la).__name__
+                if kind in ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+                    break
+                if kind in ("Conv2D", "MaxPooling2D", "AveragePooling2D"):
                     f *= int(la.strides[0])
                 try:
-                    c = int(la.output.shape[-1])
+                    total += int(la.output.shape[-1]) / (f * f)
                 except (AttributeError, TypeError, ValueError):
                     continue
-                total += c / (f * f)
-        return 8.0 * total
+        return 4.0 * total
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -275,13 +279,11 @@ def choose_method(net: PatchNet, method: str) -> str:
 
 def strip_rows(net: PatchNet, method: str, width_px: int, max_block_mb: float) -> int:
     """Position rows per strip so that the strip's working memory stays under ``max_block_mb``."""
-    budget = max_block_mb * 2**20
     bands = int(net.network.input_shape[-1])
-    if method == "fcn":
-        per_row = net.bytes_per_input_px() * width_px * net.stride
-    else:  # the strip (raw + z) and one batch of patches
-        per_row = 10.0 * bands * width_px * net.stride
-    return max(1, int(budget // per_row) - net.window // net.stride)
+    # the FCN form's maps; for 'patches' the strip (tile values, z) and one batch of patches (sized apart)
+    per_px = net.bytes_per_input_px() if method == "fcn" else 10.0 * bands
+    rows_px = max_block_mb * 2**20 / (per_px * width_px)  # input rows that fit
+    return max(1, int((rows_px - net.window) // net.stride) + 1)
 
 
 def patch_probabilities(net: PatchNet, read, norm: Normalisation, kx: range, ky: range, *,
