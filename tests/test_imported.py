@@ -381,3 +381,54 @@ def test_b10_in_the_config_and_the_l1c_composite_and_a_missing_band_names_band_a
     with TileRaster(tmp_path / "t.tif", t) as raster, \
             pytest.raises(BandMismatchError, match=r"t\.tif: band\(s\) B10 required by model .*/m are missing"):
         quadrant_patch_probabilities(raster, t, "NW", model, 1e-4)
+
+
+def bright_patch_h5(path):
+    """A 'valid' patch classifier (pool factor 8) whose P(mine) ~ 1 when band 0 is bright (reflectance 0.5)
+    in the 16 px centre of the patch and ~ 0 on the background (0.05)."""
+    import keras
+    from keras import layers as L
+
+    net = keras.Sequential([keras.Input((48, 48, 12)), L.Conv2D(1, 1), L.MaxPooling2D(8), L.Flatten(),
+                            L.Dense(1, activation="sigmoid")])
+    pick = np.zeros((1, 1, 12, 1), np.float32)
+    pick[0, 0, 0, 0] = 1.0
+    net.layers[0].set_weights([pick, np.zeros(1, np.float32)])
+    dense = np.zeros((36, 1), np.float32)
+    dense[[14, 15, 20, 21], 0] = 10.0  # the 2 x 2 centre cells of the 6 x 6 pooled map
+    net.layers[-1].set_weights([dense, np.full(1, -10.0, np.float32)])
+    net.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_dag_scans_with_an_imported_patch_model(tmp_path, impact_model_dir):
+    """The real Snakemake DAG with an imported .h5 model: detect (fcn form), classify, merge; sites of
+    24 px cells, one per bright square."""
+    import geopandas as gpd
+    import rasterio
+    from conftest import mine_squares, run_snakemake, write_tiny_config, write_tiny_scene
+
+    from minescan import SENTINEL2_BANDS
+
+    model = tmp_path / "imported"
+    assert run(["import-model", "--h5", str(bright_patch_h5(tmp_path / "bright.h5")), "--out", str(model),
+                "--bands", *SENTINEL2_BANDS, "--threshold", "0.5"]) == 0
+    d = tmp_path / "dag"
+    d.mkdir()
+    tiles = [grid_tile(93, 1440), grid_tile(94, 1440)]
+    squares = mine_squares(tiles)
+    write_tiny_scene(d, tiles, squares)
+    write_tiny_config(d, model, impact_model_dir, detect={"patch_inference": "fcn", "block_cells": 3})
+    run_snakemake(d)
+    out = d / "results" / "tiny" / "2026Q1"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sites"] == len(squares) and summary["sites_by_impact"] == {"high": len(squares)}
+    with rasterio.open(out / "quadrants" / f"{tiles[0].name}_NW" / "probability.tif") as ds:
+        assert ds.res == (240.0, 240.0)
+    sites = gpd.read_file(out / "sites.gpkg")
+    cells = sites["area_ha"].to_numpy() / 5.76  # 240 m x 240 m cells
+    np.testing.assert_allclose(cells, np.round(cells), atol=1e-6)
+    assert (sites["n_cells"] == np.round(cells)).all()
+    log = (d / "results" / "logs" / "tiny" / "2026Q1" / "detect" / f"{tiles[0].name}_NW.log").read_text()
+    assert "patch model (fcn, stride 24 px" in log

@@ -10,7 +10,7 @@ rating, merge, sites, spatial prior and layers then work on these cells unchange
 Every position's score equals evaluating its patch alone: the patch's tile values are normalised as the
 card says (a per-pixel operation, so normalising a strip and cutting patches from it is the same), centre
 cropped and put through the network. Two ways, both in strips of position rows (bounded memory, sized from
-``max_block_mb``):
+``max_block_mb``; the next strip is read and normalised in a background thread meanwhile):
 
 ``fcn`` (when the network allows it). Every 'valid' convolution and 'valid' pooling of a member network is
 applied to the whole strip at once, and ``Flatten -> Dense`` becomes a convolution whose kernel is the
@@ -36,6 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -309,30 +310,39 @@ def patch_probabilities(net: PatchNet, read, norm: Normalisation, kx: range, ky:
     clock = {"read_s": 0.0, "compute_s": 0.0}
     starts = list(range(0, ny, n))
     fp0 = s // 2 - w // 2  # a cell's footprint starts -fp0 px into its patch
-    for i, a in enumerate(starts):
+    def load(a: int):
+        """Strip of position rows [a, a + n): normalised input and each cell's valid fraction."""
         b = min(a + n, ny)
         t = time.perf_counter()
-        r0 = geo.start(ky.start + a)
-        raw = read(c0, r0, c1, geo.start(ky.start + b - 1) + w)
+        raw = read(c0, geo.start(ky.start + a), c1, geo.start(ky.start + b - 1) + w)
         z, valid = norm.apply(raw)
         fp = valid[-fp0 : -fp0 + s * (b - a), -fp0 : -fp0 + s * nx]
         frac = fp.reshape(b - a, s, nx, s).mean(axis=(1, 3))
-        clock["read_s"] += time.perf_counter() - t
-        t = time.perf_counter()
-        if method == "fcn":
-            p = net.run_fcn(z, b - a, nx)
-        else:
-            views = np.lib.stride_tricks.sliding_window_view(z, (w, w), axis=(0, 1))[::s, ::s][: b - a, :nx]
-            flat = views.reshape(-1, *views.shape[2:])  # (N, B, w, w) views
-            p = np.empty(len(flat), dtype=np.float32)
-            step = 1 if method == "single" else batch
-            for j in range(0, len(flat), step):
-                p[j : j + step] = net.run(np.moveaxis(flat[j : j + step], 1, -1))
-            p = p.reshape(b - a, nx)
-        clock["compute_s"] += time.perf_counter() - t
-        out[a:b] = np.where(frac >= MIN_VALID_FRACTION, p, np.float32(np.nan))
-        if progress:
-            progress(i + 1, len(starts))
+        clock["read_s"] += time.perf_counter() - t  # loads never overlap: no lock needed
+        return b, z, frac
+
+    # the next strip is read and normalised in a background thread while the network computes this one
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(load, starts[0])
+        for i, a in enumerate(starts):
+            b, z, frac = ahead.result()
+            if i + 1 < len(starts):
+                ahead = pool.submit(load, starts[i + 1])
+            t = time.perf_counter()
+            if method == "fcn":
+                p = net.run_fcn(z, b - a, nx)
+            else:
+                views = np.lib.stride_tricks.sliding_window_view(z, (w, w), axis=(0, 1))[::s, ::s][: b - a, :nx]
+                flat = views.reshape(-1, *views.shape[2:])  # (N, B, w, w) views
+                p = np.empty(len(flat), dtype=np.float32)
+                step = 1 if method == "single" else batch
+                for j in range(0, len(flat), step):
+                    p[j : j + step] = net.run(np.moveaxis(flat[j : j + step], 1, -1))
+                p = p.reshape(b - a, nx)
+            clock["compute_s"] += time.perf_counter() - t
+            out[a:b] = np.where(frac >= MIN_VALID_FRACTION, p, np.float32(np.nan))
+            if progress:
+                progress(i + 1, len(starts))
     stats.method, stats.chunk_cells, stats.strips = method, n, len(starts)
     stats.span_px = (c1 - c0, geo.start(ky.stop - 1) + w - geo.start(ky.start))
     stats.flops = patch_flops(net, method, nx, ny)
@@ -342,7 +352,8 @@ def patch_probabilities(net: PatchNet, read, norm: Normalisation, kx: range, ky:
     log.info("patch model (%s, stride %d px, %d-row strips x %d): %d x %d positions in %.2f s "
              "(%.1f GFLOP; read+normalise %.2f s, network %.2f s)%s", method, s, n, len(starts), nx, ny,
              stats.wall_s, stats.flops / 1e9, stats.read_s, stats.compute_s,
-             f"; not fully convolutional: {net.reason}, so batched patch evaluation" if net.reason else "")
+             f"; not fully convolutional: {net.reason}, so batched patch evaluation"
+             if net.reason and method == "patches" else "")
     return out
 
 
