@@ -38,6 +38,12 @@ rule detect:
             )
             + f"--inference {config['detect']['inference']} --precision {config['detect']['precision']}"
             + (" --require-gpu" if config["detect"]["require_gpu"] else "")
+            + f" --patch-inference {config['detect']['patch_inference']}"
+            + (
+                f" --patch-stride {config['detect']['patch_stride']}"
+                if config["detect"]["patch_stride"]
+                else ""
+            )
             + (
                 f" --block-cells {config['detect']['block_cells']}"
                 if config["detect"]["block_cells"]

@@ -28,6 +28,11 @@ rule merge:
             else ""
         ),
         drop="--drop-no-ore" if config["classify"]["drop_no_ore"] else "--no-drop-no-ore",
+        patch_stride=(
+            f"--patch-stride {config['detect']['patch_stride']}"
+            if config["detect"]["patch_stride"]
+            else ""
+        ),
         connectivity=config["merge"]["connectivity"],
         truth=lambda wc, input: f"--truth {shlex.quote(str(input.truth))}" if input.truth else "",
         layer=REGION_LAYER_ARG,
@@ -44,5 +49,5 @@ rule merge:
         "minescan merge --classified {input.classified:q} --outdir {params.outdir:q} --region {input.region:q} "
         "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
         "--discovery-model {params.discovery:q} --impact-model {params.impact:q} {params.threshold} "
-        "{params.drop} --connectivity {params.connectivity} {params.truth} {params.prior} "
+        "{params.drop} --connectivity {params.connectivity} {params.truth} {params.prior} {params.patch_stride} "
         "--resolution-m {params.resolution} 2> {log:q}"

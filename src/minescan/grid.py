@@ -12,7 +12,8 @@ southwards, as in an image). A tile GeoTIFF holds its core plus ``halo_px`` on e
 Quadrants: each tile core splits into four ``tile_px/2`` squares NW, NE, SW, SE.
 
 Cells: the discovery FCN yields one value per 27 x 27 px cell; cell ``(kx, ky)`` covers global pixels
-``[27kx, 27kx+27) x [27ky, 27ky+27)``. A cell belongs to the quadrant whose core holds its centre, so every
+``[27kx, 27kx+27) x [27ky, 27ky+27)``. A patch model scanned every ``s`` px (:mod:`minescan.scan.patches`)
+has cells of ``s`` px instead (the ``stride`` argument below). A cell belongs to the quadrant whose core holds its centre, so every
 cell has exactly one owner and nothing is lost or duplicated at quadrant, tile or zone seams.
 """
 
@@ -198,25 +199,28 @@ class Tile:
         return to_crs(zone_strip(self.id.zone, self.id.hemisphere), 4326, self.id.epsg)
 
 
-def cells_in_core(core_px: tuple[int, int, int, int]) -> tuple[range, range]:
-    """Cell index ranges (kx, ky) whose centre lies in a pixel core [c0, c1) x [r0, r1)."""
+def cells_in_core(core_px: tuple[int, int, int, int], stride: int = STRIDE) -> tuple[range, range]:
+    """Cell index ranges (kx, ky) whose centre lies in a pixel core [c0, c1) x [r0, r1).
+
+    ``stride``: the cell size in px (27 for the discovery FCN; a patch model's scan stride otherwise)."""
     c0, r0, c1, r1 = core_px
-    half = STRIDE // 2  # centre of cell k is at 27k + 13.5
-    kx0 = -((half - c0) // STRIDE)  # ceil((c0 - 13) / 27)
-    kx1 = -((half - c1) // STRIDE)  # first k with 27k >= c1 - 13
-    ky0 = -((half - r0) // STRIDE)
-    ky1 = -((half - r1) // STRIDE)
+    half = stride // 2  # centre of cell k is at stride * k + stride / 2, in pixel stride * k + half
+    kx0 = -((half - c0) // stride)  # ceil((c0 - half) / stride)
+    kx1 = -((half - c1) // stride)  # first k with stride * k >= c1 - half
+    ky0 = -((half - r0) // stride)
+    ky1 = -((half - r1) // stride)
     return range(kx0, kx1), range(ky0, ky1)
 
 
-def cell_centres_utm(kx: np.ndarray, ky: np.ndarray, resolution_m: float) -> tuple[np.ndarray, np.ndarray]:
-    x = (np.asarray(kx, dtype=np.float64) * STRIDE + STRIDE / 2) * resolution_m
-    y = -(np.asarray(ky, dtype=np.float64) * STRIDE + STRIDE / 2) * resolution_m
+def cell_centres_utm(kx: np.ndarray, ky: np.ndarray, resolution_m: float,
+                     stride: int = STRIDE) -> tuple[np.ndarray, np.ndarray]:
+    x = (np.asarray(kx, dtype=np.float64) * stride + stride / 2) * resolution_m
+    y = -(np.asarray(ky, dtype=np.float64) * stride + stride / 2) * resolution_m
     return x, y
 
 
-def cell_polygon(kx: int, ky: int, resolution_m: float) -> Polygon:
-    s = STRIDE * resolution_m
+def cell_polygon(kx: int, ky: int, resolution_m: float, stride: int = STRIDE) -> Polygon:
+    s = stride * resolution_m
     return box(kx * s, -(ky + 1) * s, (kx + 1) * s, -ky * s)
 
 

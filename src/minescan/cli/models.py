@@ -4,6 +4,7 @@
 
     minescan evaluate-chips --model models/amazon-rgb48 --chips FILE.npz [--out scores.csv] [--json]
     minescan train-chips --chips ../shared/data/real-chips/dev.npz --out DIR [--seed 42] [--config JSON]
+    minescan import-model [--preset NAME] --h5 FILE [--h5 FILE ...] --out DIR [options]
 
 ``register(subparsers)`` adds both; each handler returns an exit code. Bad input raises
 :class:`minescan.errors.MinescanError` subclasses, which the main CLI prints as one line (exit 2).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -70,6 +72,67 @@ def register(subparsers) -> None:
     tr.add_argument("--threads", type=int, help="CPU threads for TensorFlow (default 2)")
     tr.set_defaults(func=train_chips_command)
 
+    register_import(subparsers)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+
+
+def register_import(subparsers) -> None:
+    from minescan.models.imported import PRESETS
+
+    im = subparsers.add_parser(
+        "import-model", help="import published Keras .h5 patch classifiers (one, or an averaged ensemble)",
+        description="Write a minescan discovery model directory (model.keras + card.json) from Keras .h5 patch "
+                    "classifiers and what the files cannot say (a --preset, or the options). Layers outside an "
+                    "allow-list (Lambda above all) are refused before anything is loaded. Options override "
+                    f"the preset. Presets: {', '.join(sorted(PRESETS))}.")
+    im.add_argument("--preset", choices=sorted(PRESETS), help="settings of a known model family")
+    im.add_argument("--h5", action="append", required=True, metavar="FILE",
+                    help="a .h5 model file; repeat for an ensemble (scores averaged)")
+    im.add_argument("--out", required=True, help="model directory to write")
+    im.add_argument("--bands", nargs="+", help="band names in the network's input order (e.g. B4 B3 B2)")
+    im.add_argument("--window", type=int, help="patch size in px (default 48)")
+    im.add_argument("--crop", type=int, help="centre crop fed to the network, px (default: the whole patch)")
+    im.add_argument("--stride", type=int, help="scan step in px, also the cell size (default: half the patch)")
+    im.add_argument("--input-scale", type=float, help="network input = DN x this (default 1e-4: DN / 10000)")
+    im.add_argument("--zscore-mean", type=_floats, help="per-band DN means, comma-separated (z-score input)")
+    im.add_argument("--zscore-std", type=_floats, help="per-band DN standard deviations (with --zscore-mean)")
+    im.add_argument("--mine-output", type=int, help="index of the 'mine' output of a softmax head (default 1)")
+    im.add_argument("--threshold", type=float, help="main probability threshold (default 0.5)")
+    im.add_argument("--isolated-threshold", type=float,
+                    help="dual threshold: stricter cut-off for isolated candidates (feeds the spatial prior)")
+    im.add_argument("--isolation-k", type=int, help="isolated: the k-th nearest other candidate is far (default 5)")
+    im.add_argument("--isolation-km", type=float, help="... more than this many km away (default 3)")
+    im.add_argument("--name", help="model name in the card (default: the first file's name)")
+    im.add_argument("--licence", help="licence of the weights")
+    im.add_argument("--citation", help="how to cite the model")
+    im.set_defaults(func=import_model_command)
+
+
+def import_model_command(args) -> int:
+    from minescan.models.imported import import_h5, spec_from_preset
+
+    if (args.zscore_mean is None) != (args.zscore_std is None):
+        raise InputDataError("import-model: --zscore-mean and --zscore-std go together")
+    zscore = (args.zscore_mean, args.zscore_std) if args.zscore_mean is not None else None
+    spec = spec_from_preset(
+        args.preset, bands=tuple(args.bands) if args.bands else None, window=args.window, crop=args.crop,
+        stride=args.stride, input_scale=args.input_scale, zscore=zscore, mine_output=args.mine_output,
+        threshold=args.threshold, isolated_threshold=args.isolated_threshold, isolation_k=args.isolation_k,
+        isolation_km=args.isolation_km, name=args.name, licence=args.licence, citation=args.citation)
+    card = import_h5(args.h5, args.out, spec)
+    prior = card.get("spatial_prior")
+    print(f"{args.out}: {len(args.h5)} network(s), bands {', '.join(card['bands'])}, {card['window']} px patch "
+          f"({card['patch']['crop']} px input), stride {card['stride']} px, threshold {card['threshold']}"
+          + (f", isolated {prior['isolated_threshold']} beyond the {prior['isolation_k']}th neighbour at "
+             f"{prior['isolation_km']} km" if prior else ""))
+    return 0
+
 
 def cmd_train(args) -> int:
     from minescan.scan.device import setup as log_device
@@ -100,6 +163,11 @@ def evaluate_chips_command(args) -> int:
 
     chips = load_chips(args.chips)  # validates before the (slow) model load
     model = load_model(args.model, expect_kind="discovery")
+    from minescan.models.chips import CHIP_BANDS
+
+    if list(model.bands) != list(CHIP_BANDS):
+        raise InputDataError(f"{args.chips}: chips hold bands {', '.join(CHIP_BANDS)} (R, G, B) but model "
+                             f"{args.model} takes {', '.join(model.bands)}")
     if model.window != chips.x.shape[1]:
         raise InputDataError(f"{args.chips}: array 'x' holds {chips.x.shape[1]} px chips but model "
                              f"{args.model} expects {model.window} px")

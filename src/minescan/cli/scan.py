@@ -67,7 +67,8 @@ def cmd_detect(args) -> int:
             run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale, args.threshold,
                        args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
-                       impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label})
+                       impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label},
+                       patch_stride=args.patch_stride, patch_method=args.patch_inference)
     return 0
 
 
@@ -84,7 +85,6 @@ def cmd_merge(args) -> int:
     from minescan.models.store import model_fingerprint, read_card, scan_threshold
     from minescan.scan.device import count_jobs
     from minescan.scan.merge import merge_scan
-    from minescan.scan.spatial_prior import SpatialPrior
     from minescan.vector_io import read_region
 
     models = {}
@@ -92,7 +92,9 @@ def cmd_merge(args) -> int:
         if path and path != "none":
             card = read_card(path)
             models[kind] = {"path": path, "name": card.get("name"), "version": model_fingerprint(Path(path))}
-    threshold = args.threshold if args.threshold is not None else scan_threshold(read_card(args.discovery_model))
+    card = read_card(args.discovery_model)
+    threshold = args.threshold if args.threshold is not None else scan_threshold(card)
+    cell_px, prior = _cells_and_prior(card, args)
     names = [Path(p).parent.name for p in args.classified]
     # detect jobs per device, from the DEVICE tag of each quadrant's probability raster (beside classified.csv)
     devices = count_jobs(Path(p).parent / "probability.tif" for p in args.classified)
@@ -102,13 +104,31 @@ def cmd_merge(args) -> int:
         tiles=sorted({n.rsplit("_", 1)[0] for n in names}), quadrants=names, models=models,
         thresholds={"discovery": threshold, "drop_no_ore": args.drop_no_ore}, resolution_m=args.resolution_m,
         drop_no_ore=args.drop_no_ore, connectivity=args.connectivity, truth_path=args.truth,
-        prior=SpatialPrior(args.isolated_threshold, args.isolation_k, args.isolation_km), devices=devices)
+        prior=prior, cell_px=cell_px, devices=devices)
     ev = summary.get("evaluation")
     if ev:
         print(f"{args.region_name} {args.period}: {summary['sites']} sites detected; site-level recall "
               f"{ev['recall']} ({ev['found_mines']}/{ev['truth_mines']} true mines), precision {ev['precision']} "
               f"({ev['correct_sites']}/{ev['detected_sites']} sites)")
     return 0
+
+
+def _cells_and_prior(card: dict, args):
+    """The cell size of the discovery model's scan (27 px FCN cells; a patch model's stride, from
+    --patch-stride or its card) and the spatial prior: the options', else the card's dual threshold."""
+    from minescan.models.imported import is_patch_model
+    from minescan.models.networks import STRIDE
+    from minescan.scan.spatial_prior import SpatialPrior
+
+    cell_px = STRIDE
+    if is_patch_model(card):
+        cell_px = int(args.patch_stride or card.get("stride") or card["window"] // 2)
+    card_prior = card.get("spatial_prior")
+    if args.isolated_threshold is None and card_prior:
+        log.info("spatial prior from the model card: %s", card_prior)
+        return cell_px, SpatialPrior(card_prior["isolated_threshold"], int(card_prior["isolation_k"]),
+                                     float(card_prior["isolation_km"]))
+    return cell_px, SpatialPrior(args.isolated_threshold, args.isolation_k, args.isolation_km)
 
 
 def register(sub) -> None:
@@ -138,6 +158,12 @@ def register(sub) -> None:
                    "overrides --max-block-mb (detect.block_cells)")
     p.add_argument("--inference", choices=["auto", "stream", "blocks"], default="auto",
                    help="stream: stage-wise row strips, nothing recomputed; blocks: square blocks with margins")
+    p.add_argument("--patch-stride", type=int, default=None,
+                   help="imported patch models: px between scored patches, also the cell size (detect.patch_stride; "
+                   "default: the card's stride, half a patch)")
+    p.add_argument("--patch-inference", choices=["auto", "fcn", "patches", "single"], default="auto",
+                   help="imported patch models: fcn (shared convolutions, when the network allows), patches "
+                   "(batched patch evaluation), single (one patch at a time), auto (detect.patch_inference)")
     p.add_argument("--on-empty", choices=["error", "warn"], default="error")
     p.add_argument("--cloud-check", choices=["warn", "error", "off"], default="warn",
                    help="a quadrant mostly bright in B2, B3 and B4 (like cloud): warn, fail or do not check "
@@ -187,4 +213,6 @@ def register(sub) -> None:
                    help="stricter cut-off for isolated candidates (merge.isolated_threshold); default: off")
     p.add_argument("--isolation-k", type=int, default=2, help="k of the k-th nearest other candidate")
     p.add_argument("--isolation-km", type=float, default=1.0, help="isolated beyond this distance (km)")
+    p.add_argument("--patch-stride", type=int, default=None,
+                   help="the scan's patch stride for an imported patch model (its cells); default: the card's")
     p.set_defaults(func=cmd_merge)

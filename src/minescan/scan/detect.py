@@ -56,14 +56,15 @@ def patch_origin(cells: np.ndarray, window: int) -> np.ndarray:
 
 
 def candidate_cells(prob: np.ndarray, threshold: float, kx0: int, ky0: int, resolution_m: float,
-                    region_tile=None):
+                    region_tile=None, cell_px: int = STRIDE):
     """The candidates of a probability grid whose cell (0, 0) is cell (``kx0``, ``ky0``): cells at or above
-    ``threshold`` (never NaN) whose centre lies in ``region_tile`` (the region in the tile's CRS; None: all).
+    ``threshold`` (never NaN) whose centre lies in ``region_tile`` (the region in the tile's CRS; None: all);
+    cells are ``cell_px`` px wide (27 for the FCN, the stride of a patch model).
     Returns their grid indices (iy, ix) and cell numbers (cx, cy)."""
     iy, ix = np.nonzero(np.nan_to_num(prob, nan=-1.0) >= threshold)
     cx, cy = kx0 + ix, ky0 + iy
     if region_tile is not None and len(cx):
-        keep = contains_xy(region_tile, *cell_centres_utm(cx, cy, resolution_m))
+        keep = contains_xy(region_tile, *cell_centres_utm(cx, cy, resolution_m, cell_px))
         iy, ix, cx, cy = iy[keep], ix[keep], cx[keep], cy[keep]
     return iy, ix, cx, cy
 
@@ -167,9 +168,11 @@ class StreamRater:
             self._rate(len(self._keys))
 
 
-def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile: Tile, meta: dict) -> None:
-    """Cloud-optimised GeoTIFF of mine probability, one pixel per 27 x 27 px cell, NaN = no data."""
-    cell_m = STRIDE * tile.grid.resolution_m
+def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile: Tile, meta: dict,
+                             cell_px: int = STRIDE) -> None:
+    """Cloud-optimised GeoTIFF of mine probability, one pixel per cell (27 x 27 px for the FCN, a patch
+    model's stride otherwise), NaN = no data."""
+    cell_m = cell_px * tile.grid.resolution_m
     transform = Affine(cell_m, 0, kx.start * cell_m, 0, -cell_m, -ky.start * cell_m)
     profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": prob.shape[0],
                "width": prob.shape[1], "crs": tile.crs, "transform": transform, "nodata": float("nan")}
@@ -184,11 +187,11 @@ def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile:
 
 
 def candidates_table(prob: np.ndarray, kx: range, ky: range, tile: Tile, quadrant: str, region_lonlat,
-                     threshold: float) -> pd.DataFrame:
+                     threshold: float, cell_px: int = STRIDE) -> pd.DataFrame:
     """Cells at or above ``threshold`` whose centre lies in the region (and the tile's zone strip)."""
     iy, ix, cx, cy = candidate_cells(prob, threshold, kx.start, ky.start, tile.grid.resolution_m,
-                                     region_in_tile_crs(region_lonlat, tile))
-    e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m)
+                                     region_in_tile_crs(region_lonlat, tile), cell_px)
+    e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m, cell_px)
     p = prob[iy, ix]
     lon, lat = _to_lonlat(e, n, tile.id.epsg)
     df = pd.DataFrame({
@@ -213,7 +216,7 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
                stats: InferenceStats | None = None, quality: QualityCheck | None = DEFAULT_QUALITY,
-               tags: dict | None = None) -> dict:
+               tags: dict | None = None, patch_stride: int | None = None, patch_method: str = "auto") -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
@@ -221,20 +224,34 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
     copies them instead of starting TensorFlow a second time for the quadrant. ``quality``: the cloud and
     band-order checks of :mod:`minescan.scan.quality` (None: skipped); a cloudy quadrant is tagged in the
     probability raster, where merge finds it. ``tags`` are added to the probability raster's (e.g. DEVICE,
-    see :mod:`minescan.scan.device`)."""
+    see :mod:`minescan.scan.device`).
+
+    An imported patch classifier (card ``patch``) is scanned by :mod:`minescan.scan.patches` every
+    ``patch_stride`` px (default: the card's stride) with ``patch_method``; its cells are that stride."""
+    from minescan.models.imported import is_patch_model
+
     threshold = model.scan_threshold if threshold is None else threshold
+    patch = is_patch_model(model.card)
+    cell_px = STRIDE
     flags: dict = {}
     with open_tile(tile_path, tile) as raster:
         c0, _, c1, _ = tile.quadrant_core_px(quadrant)
         rater = None
-        if impact is not None:
+        if impact is not None and not patch:
             rater = StreamRater(impact, model.bands, threshold, scale, raster.nodata, impact_batch_size,
                                 tile.grid.resolution_m, region_in_tile_crs(region_lonlat, tile))
             rater = rater if rater.usable else None
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0 + 2 * tile.grid.halo_px)):
-            prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
-                                                  max_block_mb=max_block_mb, method=method, stats=stats,
-                                                  rater=rater)
+            if patch:
+                from minescan.scan.patches import quadrant_patch_probabilities
+
+                prob, kx, ky, cell_px = quadrant_patch_probabilities(
+                    raster, tile, quadrant, model, scale, stride=patch_stride, method=patch_method,
+                    max_block_mb=max_block_mb, block_rows=block_cells, stats=stats)
+            else:
+                prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
+                                                      max_block_mb=max_block_mb, method=method, stats=stats,
+                                                      rater=rater)
             n_valid = int(np.isfinite(prob).sum())
             if n_valid == 0:
                 msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
@@ -243,13 +260,15 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                 log.warning(msg)
             if quality is not None and n_valid:
                 flags = check_quadrant(raster, tile, quadrant, scale, quality)
-            cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold)
+            cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold, cell_px)
             if impact is not None:
                 cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
                 cands[RATED_BY] = impact.version
     meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
             "MODEL_VERSION": model.version, "THRESHOLD": threshold, **flags, **(tags or {})}
-    write_probability_raster(prob_out, prob, kx, ky, tile, meta)
+    if patch:
+        meta["CELL_PX"] = cell_px
+    write_probability_raster(prob_out, prob, kx, ky, tile, meta, cell_px)
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)
     log.info("%s %s: %d cells, %d valid, %d candidates >= %.2f%s", tile.name, quadrant, prob.size, n_valid,
@@ -285,9 +304,15 @@ def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFr
     norm = normalisation(raster, model, scale)
     if len(cands) == 0:
         return
-    # pixel holding the cell centre, then the patch around it
-    col0 = patch_origin(cands["cell_x"].to_numpy(), w)
-    row0 = patch_origin(cands["cell_y"].to_numpy(), w)
+    # pixel holding the cell centre, then the patch around it; from the centre's coordinates when the table
+    # has them, so cells of any size (27 px FCN cells, a patch model's stride) are rated alike
+    if "easting" in cands.columns and "northing" in cands.columns:
+        res = float(raster.ds.res[0])
+        col0 = np.floor(cands["easting"].to_numpy(np.float64) / res + 1e-6).astype(np.int64) - w // 2
+        row0 = np.floor(-cands["northing"].to_numpy(np.float64) / res + 1e-6).astype(np.int64) - w // 2
+    else:
+        col0 = patch_origin(cands["cell_x"].to_numpy(), w)
+        row0 = patch_origin(cands["cell_y"].to_numpy(), w)
     pend_idx: list[np.ndarray] = []
     pend_raw: list[np.ndarray] = []
 

@@ -21,6 +21,7 @@ from shapely.ops import unary_union
 from minescan.grid import cell_polygon, geodesic_area_m2, zone_label_epsg
 from minescan.io_utils import atomic_write_text, write_csv
 from minescan.kml import kml_placemark, write_kml_document
+from minescan.models.networks import STRIDE
 from minescan.scan.spatial_prior import SpatialPrior, isolated_removals
 from minescan.vector_io import read_vector, write_vector
 
@@ -97,13 +98,14 @@ def _dominant(impacts: pd.Series) -> str:
     return max(counts, key=lambda k: (counts[k], -IMPACT_ORDER.index(k) if k in IMPACT_ORDER else -99))
 
 
-def build_sites(det: pd.DataFrame, resolution_m: float) -> gpd.GeoDataFrame:
-    """Dissolve each site's cells into a polygon (EPSG:4326) with its area in ha (computed in UTM)."""
+def build_sites(det: pd.DataFrame, resolution_m: float, cell_px: int = STRIDE) -> gpd.GeoDataFrame:
+    """Dissolve each site's cells (``cell_px`` px squares) into a polygon (EPSG:4326) with its area in ha
+    (computed in UTM)."""
     rows = []
     for sid, part in det.groupby("site_id", sort=True):
         zone = part["zone"].iloc[0]
         epsg = zone_label_epsg(zone)
-        poly = unary_union([cell_polygon(int(x), int(y), resolution_m)
+        poly = unary_union([cell_polygon(int(x), int(y), resolution_m, cell_px)
                             for x, y in zip(part["cell_x"], part["cell_y"], strict=True)])
         geo = gpd.GeoSeries([poly], crs=epsg).to_crs(4326).iloc[0]
         rows.append({
@@ -164,7 +166,7 @@ def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonl
 def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period: str, region_lonlat,
                tiles: list[str], quadrants: list[str], models: dict, thresholds: dict, resolution_m: float,
                drop_no_ore: bool = True, connectivity: int = 8, truth_path=None,
-               prior: SpatialPrior | None = None, devices: dict | None = None) -> dict:
+               prior: SpatialPrior | None = None, devices: dict | None = None, cell_px: int = STRIDE) -> dict:
     outdir = Path(outdir)
     prior = prior or SpatialPrior()
     df = read_classified(classified)
@@ -176,7 +178,7 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
     rej["reason"] = np.where(isolated[rejected_mask], "isolated", "no_ore")
     det["site_id"] = label_sites(det, connectivity) if len(det) else pd.Series(dtype=object)
     det = det[DETECTION_COLUMNS]
-    sites = build_sites(det, resolution_m)
+    sites = build_sites(det, resolution_m, cell_px)
     write_csv(det, outdir / "detections.csv")
     write_csv(rej[[c for c in DETECTION_COLUMNS if c != "site_id"] + ["reason"]], outdir / "rejected.csv")
     write_kml(det, outdir / "detections.kml", f"minescan detections {region_name} {period}")
