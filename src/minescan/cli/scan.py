@@ -49,10 +49,20 @@ def cmd_detect(args) -> int:
     model = load_model(args.model, expect_kind="discovery")
     impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
+    pyramid = None
+    if args.pyramid:  # detect.pyramid as JSON (rules/detect.smk)
+        from minescan.errors import ConfigError
+        from minescan.scan.pyramid import Pyramid
+
+        try:
+            section = json.loads(args.pyramid)
+        except ValueError as exc:
+            raise ConfigError(f"--pyramid: not JSON ({exc})") from exc
+        pyramid = Pyramid.from_dict(section, lambda p: load_model(p, expect_kind="discovery"))
     run_detect(args.tile_path, tile_from_args(args), args.quadrant, model, region, args.scale, args.threshold,
                args.block_cells, args.prob_out, args.candidates_out, args.on_empty,
                max_block_mb=args.max_block_mb or DEFAULT_MAX_BLOCK_MB, method=args.inference,
-               impact=impact, impact_batch_size=args.impact_batch_size)
+               impact=impact, impact_batch_size=args.impact_batch_size, pyramid=pyramid)
     return 0
 
 
@@ -123,6 +133,9 @@ def register(sub) -> None:
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")
+    p.add_argument("--pyramid", default=None,
+                   help="pyramid scan: the detect.pyramid config section as JSON (coarse screen, then the FCN "
+                   "on the kept blocks only; docs/pyramid.md)")
     p.add_argument("--prob-out", required=True)
     p.add_argument("--candidates-out", required=True)
     grid_args(p)

@@ -193,7 +193,7 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                threshold: float | None, block_cells: int | None, prob_out, candidates_out,
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
-               stats: InferenceStats | None = None) -> dict:
+               stats: InferenceStats | None = None, pyramid=None) -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
@@ -207,11 +207,18 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
             rater = StreamRater(impact, model.bands, threshold, scale, raster.nodata, impact_batch_size)
             rater = rater if rater.usable else None
         with rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0 + 2 * tile.grid.halo_px)):
-            prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
-                                                  max_block_mb=max_block_mb, method=method, stats=stats,
-                                                  rater=rater)
+            if pyramid is not None:  # coarse screen first, the FCN on the kept blocks (scan/pyramid.py)
+                from minescan.scan.pyramid import pyramid_probabilities
+
+                prob, kx, ky = pyramid_probabilities(raster, tile, quadrant, model, scale, pyramid, block_cells,
+                                                     max_block_mb=max_block_mb, method=method, stats=stats,
+                                                     rater=rater)
+            else:
+                prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
+                                                      max_block_mb=max_block_mb, method=method, stats=stats,
+                                                      rater=rater)
             n_valid = int(np.isfinite(prob).sum())
-            if n_valid == 0:
+            if n_valid == 0 and not (pyramid is not None and pyramid.info.get("cells_skipped")):
                 msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
                 if on_empty == "error":
                     raise NoDataError(msg + "; set detect.on_empty_quadrant: warn to accept it")
@@ -222,6 +229,8 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                 cands[RATED_BY] = impact.version
     meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
             "MODEL_VERSION": model.version, "THRESHOLD": threshold}
+    if pyramid is not None and not pyramid.keeps_everything:
+        meta["PYRAMID_SKIPPED_CELLS"] = pyramid.info.get("cells_skipped", 0)
     write_probability_raster(prob_out, prob, kx, ky, tile, meta)
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)
