@@ -9,11 +9,11 @@ log = logging.getLogger("minescan")
 
 
 def cmd_grid(args) -> int:
-    from minescan.datasets.grid import build_grid, read_polygons, write_grid
+    from minescan.datasets.grid import build_grid, read_polygons, select_polygons, write_grid
     from minescan.vector_io import read_region
 
     t0 = time.perf_counter()
-    polys = read_polygons(args.polygons, args.layer)
+    polys = select_polygons(read_polygons(args.polygons, args.layer), args.select, args.polygons)
     region = read_region(args.region, args.region_layer) if args.region else None
     if region is not None:
         polys = polys[polys.intersects(region)].reset_index(drop=True)
@@ -28,13 +28,13 @@ def cmd_grid(args) -> int:
 
 def cmd_chips(args) -> int:
     from minescan.datasets.chips import write_chips
-    from minescan.datasets.grid import read_grid, read_polygons
+    from minescan.datasets.grid import read_grid, read_polygons, select_polygons
     from minescan.sources.local import expand_sources
 
     cells = read_grid(args.grid)
     if args.limit:
         cells = cells.iloc[: args.limit]
-    polys = read_polygons(args.polygons, args.layer)
+    polys = select_polygons(read_polygons(args.polygons, args.layer), args.select, args.polygons)
     images = expand_sources(args.images)
     n = write_chips(cells, polys, images, args.out, resolution_m=args.resolution_m, bands=args.bands,
                     scale=args.scale, table=args.table, preview=args.preview, rgb=args.rgb,
@@ -44,11 +44,11 @@ def cmd_chips(args) -> int:
 
 
 def cmd_yolo(args) -> int:
-    from minescan.datasets.grid import read_grid, read_polygons
+    from minescan.datasets.grid import read_grid, read_polygons, select_polygons
     from minescan.datasets.yolo import export_yolo
 
     cells = read_grid(args.grid)
-    polys = read_polygons(args.polygons, args.layer)
+    polys = select_polygons(read_polygons(args.polygons, args.layer), args.select, args.polygons)
     counts = export_yolo(cells, polys, args.chips, args.out, image_format=args.image_format,
                          group_by=args.group_by, block_m=args.block_m, fractions=tuple(args.split),
                          folds=args.folds, seed=args.seed, min_box_px=args.min_box_px,
@@ -63,7 +63,9 @@ def register(sub) -> None:
 
     p = dsub.add_parser("grid", help="cells over mine polygons: positives (overlap), nearest negatives, names")
     p.add_argument("--polygons", required=True, help="mine polygons (any vector format GeoPandas reads)")
-    p.add_argument("--layer", default=None, help="layer of a multi-layer polygon file")
+    p.add_argument("--layer", default=None, help="layer of a multi-layer polygon file ('' = the first)")
+    p.add_argument("--select", default=None, metavar="COLUMN=VALUE",
+                   help="only the polygons whose COLUMN equals VALUE (e.g. class=mine)")
     p.add_argument("--zoom", type=int, required=True, choices=[14, 15, 16],
                    help="14, 15, 16: cells of 5500, 2750, 1375 m (the name's ZoomLevel)")
     p.add_argument("--cell-m", type=float, default=None, help="cell size in m (overrides the zoom's)")
@@ -78,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--grid", required=True, help="the grid's .gpkg or .csv")
     p.add_argument("--polygons", required=True)
     p.add_argument("--layer", default=None)
+    p.add_argument("--select", default=None, metavar="COLUMN=VALUE", help="as for 'datasets grid'")
     p.add_argument("--images", nargs="+", required=True,
                    help="GeoTIFFs (e.g. the scan's tiles) or folders of them, any CRS, with band descriptions")
     p.add_argument("--bands", nargs="+", default=None, help="bands to keep (default: all of the first image)")
@@ -97,13 +100,14 @@ def register(sub) -> None:
     p.add_argument("--grid", required=True)
     p.add_argument("--polygons", required=True)
     p.add_argument("--layer", default=None)
+    p.add_argument("--select", default=None, metavar="COLUMN=VALUE", help="as for 'datasets grid'")
     p.add_argument("--chips", required=True, help="folder written by 'minescan datasets chips'")
     p.add_argument("--image-format", choices=["png", "jpg", "tif"], default="png",
                    help="png/jpg: 3-band previews without overlay; tif: the multi-band chip")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--group-by", default=None, help="metadata column whose values never span two splits")
-    g.add_argument("--block-m", type=float, default=50000.0,
-                   help="spatial blocks of this size (m) that never span two splits (default)")
+    p.add_argument("--group-by", default=None,
+                   help="metadata column whose values never span two splits (default: spatial blocks)")
+    p.add_argument("--block-m", type=float, default=50000.0,
+                   help="without --group-by: spatial blocks of this size (m) that never span two splits")
     p.add_argument("--split", nargs=3, type=float, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--folds", type=int, default=0, help="also K grouped cross-validation folds (splits.csv)")
     p.add_argument("--seed", type=int, default=0)

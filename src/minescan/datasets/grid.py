@@ -95,6 +95,20 @@ def read_polygons(path, layer: str | None = None):
     return gdf.reset_index(drop=True)
 
 
+def select_polygons(gdf: gpd.GeoDataFrame, spec: str | None, path) -> gpd.GeoDataFrame:
+    """Only the features whose column equals a value: ``spec`` = ``COLUMN=VALUE`` (e.g. ``class=mine``)."""
+    if not spec:
+        return gdf
+    col, sep, value = spec.partition("=")
+    if not sep or col not in gdf.columns:
+        raise InputDataError(f"{path}: --select {spec!r} needs COLUMN=VALUE with a column of the file "
+                             f"({', '.join(c for c in gdf.columns if c != 'geometry')})")
+    keep = gdf[col].astype(str) == value
+    if not keep.any():
+        raise InputDataError(f"{path}: no feature has {col} = {value!r}")
+    return gdf[keep].reset_index(drop=True)
+
+
 def cell_size(zoom: int, cell_m: float | None) -> float:
     if cell_m is not None:
         if not cell_m > 0:
