@@ -72,5 +72,5 @@ rule detect:
     shell:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile} "
         "--model {params.model} --region {input.region} {params.layer} --scale {params.scale} {params.threshold} "
-        "{params.strips} {params.impact} --on-empty {params.on_empty} --pyramid {params.pyramid:q} {params.grid} "
+        "{params.strips} {params.impact} --on-empty {params.on_empty} --pyramid={params.pyramid:q} {params.grid} "
         "--prob-out {output.probability} --candidates-out {output.candidates} 2> {log}"

@@ -31,6 +31,7 @@ compute, which dominates a detect job (docs/pyramid.md has the figures).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,11 +112,16 @@ def coarse_mean(raw: np.ndarray, factor: int, nodata: float) -> np.ndarray:
         return (s / n[..., None]).astype(np.float32)
 
 
-def spectral_score(coarse: np.ndarray) -> float:
-    """Largest (1 - NDVI) / 2 of (H, W, 2: red, nir) coarse pixels; -inf if none is valid."""
+def ndvi_score(coarse: np.ndarray) -> np.ndarray:
+    """(1 - NDVI) / 2 of (H, W, 2: red, nir) coarse pixels; NaN where no data."""
     red, nir = coarse[..., 0].astype(np.float64), coarse[..., 1].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = (1.0 - (nir - red) / (nir + red)) / 2.0
+        return (1.0 - (nir - red) / (nir + red)) / 2.0
+
+
+def spectral_score(coarse: np.ndarray) -> float:
+    """Largest (1 - NDVI) / 2 of (H, W, 2: red, nir) coarse pixels; -inf if none is valid."""
+    score = ndvi_score(coarse)
     score = score[np.isfinite(score)]
     return float(score.max()) if score.size else -np.inf
 
@@ -125,25 +131,25 @@ def _aligned(a: int, b: int, f: int) -> tuple[int, int]:
     return (a // f) * f, -(-b // f) * f
 
 
-def spectral_scores(raster, bands: list[int], bx: list[range], by: list[range], pyr: Pyramid,
-                    alive: np.ndarray) -> list[np.ndarray]:
-    """Per level, the score of every block (-inf where not evaluated: dropped at an earlier level)."""
+def spectral_scores(raster, bands: list[int], bx: list[range], by: list[range], pyr: Pyramid) -> list[np.ndarray]:
+    """Per level, the score of every block: the largest (1 - NDVI) / 2 of the coarse pixels that overlap
+    the block and its margin (-inf if none is valid). Each row of blocks is read once (two bands, full
+    width, with the margin) and averaged at every level."""
     m = pyr.margin_px
-    scores = [np.full(alive.shape, -np.inf) for _ in pyr.levels]
+    scores = [np.full((len(by), len(bx)), -np.inf) for _ in pyr.levels]
+    fmax = math.lcm(*(lv.factor for lv in pyr.levels))  # every level's coarse grid fits the read
+    c0, c1 = _aligned(bx[0].start * STRIDE - m, bx[-1].stop * STRIDE + m, fmax)
     for j, ry in enumerate(by):
-        for i, rx in enumerate(bx):
-            if not alive[j, i]:
-                continue
-            c0, c1 = rx.start * STRIDE - m, rx.stop * STRIDE + m
-            r0, r1 = ry.start * STRIDE - m, ry.stop * STRIDE + m
-            fmax = max(lv.factor for lv in pyr.levels)
-            c0, c1 = _aligned(c0, c1, fmax)
-            r0, r1 = _aligned(r0, r1, fmax)
-            raw = raster.read_px(c0, r0, c1, r1, bands)
-            for k, lv in enumerate(pyr.levels):
-                scores[k][j, i] = spectral_score(coarse_mean(raw, lv.factor, raster.nodata))
-                if scores[k][j, i] < lv.threshold:
-                    break  # eliminated at this level: the finer ones are not needed
+        r0, r1 = _aligned(ry.start * STRIDE - m, ry.stop * STRIDE + m, fmax)
+        raw = raster.read_px(c0, r0, c1, r1, bands)
+        for k, lv in enumerate(pyr.levels):
+            f = lv.factor
+            score = ndvi_score(coarse_mean(raw, f, raster.nodata))
+            score = np.where(np.isfinite(score), score, -np.inf)
+            for i, rx in enumerate(bx):
+                a, b = (rx.start * STRIDE - m - c0) // f, -(-(rx.stop * STRIDE + m - c0) // f)
+                sub = score[:, max(0, a) : b]
+                scores[k][j, i] = sub.max() if sub.size else -np.inf
     return scores
 
 
@@ -199,7 +205,7 @@ def screen(raster, tile, quadrant_core, kx: range, ky: range, pyr: Pyramid, scal
     alive = np.ones((len(by), len(bx)), dtype=bool)
     if pyr.screen == "spectral":
         bands = raster.band_indices([pyr.red_band, pyr.nir_band])
-        scores = spectral_scores(raster, bands, bx, by, pyr, alive)
+        scores = spectral_scores(raster, bands, bx, by, pyr)
     else:
         scores = model_scores(raster, tile, quadrant_core, pyr, scale, bx, by, max_block_mb)
     for lv, s in zip(pyr.levels, scores, strict=True):
