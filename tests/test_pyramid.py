@@ -135,3 +135,27 @@ def test_pyramid_config_and_cli_errors(forest_tile, bright_model_dir, tmp_path):
     assert run([*args, "--pyramid", '{"levels": [{"factor": 4, "threshold": 0.3}], "block_cells": 4}']) == 0
     assert not (tmp_path / "c.csv").read_text().count("\n") > 1 + 16 * 9  # ran, wrote its table
     bright_square_fcn  # noqa: B018 - the fixture's network (imported for the reader)
+
+
+@pytest.mark.slow
+def test_detect_rule_passes_the_pyramid_through_the_shell(tmp_path, bright_model_dir, impact_model_dir):
+    """detect.pyramid reaches `minescan detect` as JSON through the shell; off, the rule runs the full scan."""
+    from conftest import mine_squares, run_snakemake, write_tiny_config, write_tiny_scene
+
+    tiles = [grid_tile(93, 1440)]
+    write_tiny_scene(tmp_path, tiles, mine_squares(tiles))
+    q = f"results/tiny/2026Q1/quadrants/{tiles[0].name}_NW"
+    write_tiny_config(tmp_path, bright_model_dir, impact_model_dir)
+    run_snakemake(tmp_path, f"{q}/candidates.csv")
+    with rasterio.open(tmp_path / q / "probability.tif") as ds:
+        full = ds.read(1)
+        assert "PYRAMID_SKIPPED_CELLS" not in ds.tags()
+    pyramid = {"enabled": True, "block_cells": 4, "margin_px": 0, "levels": [{"factor": 4, "threshold": 0.6}],
+               "red_band": "B1", "nir_band": "B2"}  # B1 bright in the squares: (1 - NDVI) / 2 = 0.95
+    write_tiny_config(tmp_path, bright_model_dir, impact_model_dir, detect={"block_cells": 7, "pyramid": pyramid})
+    run_snakemake(tmp_path, f"{q}/candidates.csv", "--forceall")
+    with rasterio.open(tmp_path / q / "probability.tif") as ds:
+        prob = ds.read(1)
+        assert int(ds.tags()["PYRAMID_SKIPPED_CELLS"]) == np.isnan(prob).sum() > 0
+    kept = np.isfinite(prob)
+    assert np.array_equal(prob[kept], full[kept]) and (full[~kept] < 0.5).all()
