@@ -135,3 +135,19 @@ def test_grid_on_real_polygons(tmp_path):
     assert {"ISO3_CODE", "COUNTRY_NAME"} <= set(gdf.columns)
     write_grid(gdf, tmp_path / "g.gpkg")
     assert (tmp_path / "g.csv").exists()
+
+
+def test_region_keeps_cells_whose_centre_is_inside(tmp_path):
+    s = 5500.0
+    a = (70 * s + 10, 1300 * s + 10, 71 * s - 10, 1301 * s - 10)
+    b = (80 * s + 10, 1300 * s + 10, 81 * s - 10, 1301 * s - 10)
+    polys = polygons([a, b])
+    polys.drop(columns="polygon_index").to_file(tmp_path / "p.gpkg")
+    region = to_crs(box(65 * s, 1290 * s, 75 * s, 1310 * s), EPSG, 4326)  # around a, not b
+    gpd.GeoDataFrame(geometry=[region], crs=4326).to_file(tmp_path / "region.geojson")
+    out = tmp_path / "cells.gpkg"
+    assert run(["datasets", "grid", "--polygons", str(tmp_path / "p.gpkg"), "--zoom", "14", "--region",
+                str(tmp_path / "region.geojson"), "--out", str(out)]) == 0
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert cells.cell_id.tolist()[0] == "21S_70_1300" and len(cells) == 2
+    assert ((cells.ix >= 65) & (cells.ix < 75)).all()
