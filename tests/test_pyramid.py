@@ -17,7 +17,7 @@ from minescan.grid import to_crs
 from minescan.models.networks import build_discovery_fcn
 from minescan.models.store import load_model
 from minescan.scan.detect import run_detect
-from minescan.scan.pyramid import Level, Pyramid, coarse_mean, spectral_score
+from minescan.scan.pyramid import Level, Pyramid, blocks_of, coarse_mean, kept_rectangles, spectral_score
 from minescan.sources.local import make_tile
 
 B4, B8 = SENTINEL2_BANDS.index("B4"), SENTINEL2_BANDS.index("B8")
@@ -73,6 +73,19 @@ def test_coarse_mean_and_spectral_score():
     assert spectral_score(c[:1, 1:]) == pytest.approx((1 - 900 / 4500) / 2)
     assert spectral_score(c) == pytest.approx((1 - (100 - 400) / 500) / 2)  # the water, the largest
     assert spectral_score(np.full((1, 1, 2), np.nan)) == -np.inf
+
+
+def test_kept_rectangles_cover_the_kept_blocks_once():
+    bx, by = blocks_of(range(10, 30), range(-5, 12), 4)  # 5 x 5 blocks, the last ones smaller
+    rng = np.random.default_rng(0)
+    for keep in [np.ones((5, 5), bool), np.zeros((5, 5), bool), rng.random((5, 5)) > 0.5]:
+        cover = np.zeros((17, 20), int)
+        rects = kept_rectangles(bx, by, keep)
+        for rx, ry in rects:
+            cover[ry.start + 5 : ry.stop + 5, rx.start - 10 : rx.stop - 10] += 1
+        want = np.kron(keep, np.ones((4, 4), int))[:17, :20]
+        assert np.array_equal(cover, want)
+    assert len(kept_rectangles(bx, by, np.ones((5, 5), bool))) == 1
 
 
 def test_threshold_zero_is_the_plain_scan(forest_tile, random_fcn, tmp_path):

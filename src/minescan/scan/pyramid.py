@@ -18,8 +18,8 @@ Screens (``screen``):
   probability among the coarse cells that overlap the block and its margin. Beyond the tile's halo the
   coarse network sees no data (a screen only, its edge cells are less sure).
 
-Only the kept blocks go through the 10 m FCN, each row of blocks as contiguous runs, by
-:func:`minescan.scan.inference.predict_cells` with the plain scan's reader and normalisation: it is exact
+Only the kept blocks go through the 10 m FCN, joined into as few rectangles as possible
+(:func:`kept_rectangles`), by :func:`minescan.scan.inference.predict_cells` with the plain scan's reader and normalisation: it is exact
 for any rectangle of cells, so the probabilities of kept blocks equal the plain scan's there. Cells of
 dropped blocks are NaN (not computed) in the probability raster; they give no candidates. With every
 threshold at 0 nothing is dropped and the plain scan runs unchanged (identical outputs).
@@ -213,6 +213,35 @@ def screen(raster, tile, quadrant_core, kx: range, ky: range, pyr: Pyramid, scal
     return bx, by, alive, scores
 
 
+def kept_rectangles(bx: list[range], by: list[range], keep: np.ndarray) -> list[tuple[range, range]]:
+    """The kept blocks as few rectangles of cells: runs of adjacent kept blocks in a row of blocks, and
+    consecutive rows with the same runs joined (each rectangle is one FCN pass, with its own margins)."""
+    def runs(row):
+        out, i = [], 0
+        while i < len(row):
+            if row[i]:
+                i1 = i
+                while i1 < len(row) and row[i1]:
+                    i1 += 1
+                out.append((i, i1))
+                i = i1
+            else:
+                i += 1
+        return out
+
+    rects = []
+    j = 0
+    while j < len(by):
+        r = runs(keep[j])
+        j1 = j + 1
+        while j1 < len(by) and runs(keep[j1]) == r:
+            j1 += 1
+        rows = range(by[j].start, by[j1 - 1].stop)
+        rects += [(range(bx[i].start, bx[i1 - 1].stop), rows) for i, i1 in r]
+        j = j1
+    return rects
+
+
 def pyramid_probabilities(raster, tile, quadrant: str, model, scale: float, pyr: Pyramid,
                           block_cells: int | None = None, *, max_block_mb: float, method: str = "auto",
                           stats=None, rater=None):
@@ -234,22 +263,11 @@ def pyramid_probabilities(raster, tile, quadrant: str, model, scale: float, pyr:
     prob = np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
     read, norm = _raw_reader(raster, model), normalisation(raster, model, scale)
     progress = log_progress(f"{tile.name} {quadrant} (pyramid)")
-    for j, ry in enumerate(by):
-        i = 0
-        while i < len(bx):
-            if not keep[j, i]:
-                i += 1
-                continue
-            i1 = i
-            while i1 < len(bx) and keep[j, i1]:
-                i1 += 1
-            rx = range(bx[i].start, bx[i1 - 1].stop)
-            sub = predict_cells(model.network, geometry, read, norm, rx, ry, max_block_mb=max_block_mb,
-                                block_cells=block_cells, method=method, stats=stats, progress=progress,
-                                on_rows=rater.start(rx, ry) if rater else None,
-                                keep_px=rater.keep_px if rater else 0)
-            prob[ry.start - ky.start : ry.stop - ky.start, rx.start - kx.start : rx.stop - kx.start] = sub
-            i = i1
+    for rx, ry in kept_rectangles(bx, by, keep):
+        sub = predict_cells(model.network, geometry, read, norm, rx, ry, max_block_mb=max_block_mb,
+                            block_cells=block_cells, method=method, stats=stats, progress=progress,
+                            on_rows=rater.start(rx, ry) if rater else None, keep_px=rater.keep_px if rater else 0)
+        prob[ry.start - ky.start : ry.stop - ky.start, rx.start - kx.start : rx.stop - kx.start] = sub
     if rater:
         rater.finish()
     kept_cells = sum(len(rx) * len(ry) for j, ry in enumerate(by) for i, rx in enumerate(bx) if keep[j, i])
