@@ -42,6 +42,7 @@ include: "rules/merge.smk"
 include: "rules/change.smk"
 include: "rules/layers.smk"
 include: "rules/train_real.smk"
+include: "rules/datasets.smk"
 
 
 rule all:
@@ -50,3 +51,4 @@ rule all:
         expand(f"{R}/{REGION}/{{period}}/summary.json", period=PERIODS),
         expand(f"{R}/{REGION}/{{period}}/change/change.json", period=PERIODS[1:]),
         LAYERS_TARGETS,
+        DATASETS_TARGETS,

@@ -4,6 +4,10 @@
 # 0.7 GB (Python, TensorFlow, models, read cache) plus max_block_mb (docs/performance.md). With an impact
 # model, the candidates are rated here as well, from the strips in memory (see classify.smk).
 
+import json
+
+PYRAMID = config["detect"]["pyramid"]
+
 
 rule detect:
     input:
@@ -12,6 +16,12 @@ rule detect:
         # ancient: a replaced impact model re-rates the candidates in classify, not by re-running detect
         impact=ancient(model_files(IMPACT)),
         region=config["region"]["file"],
+        # the pyramid's screen model, when it uses one
+        screen=(
+            model_files(PYRAMID["model"])
+            if PYRAMID["enabled"] and PYRAMID["screen"] == "model"
+            else []
+        ),
     output:
         probability=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/probability.tif",
         candidates=f"{SCAN}/quadrants/{{tile}}_{{quadrant}}/candidates.csv",
@@ -66,6 +76,12 @@ rule detect:
             else ""
         ),
         layer=REGION_LAYER_ARG,
+        # detect.pyramid as JSON when enabled (coarse screen first; docs/pyramid.md), else empty: full scan
+        pyramid=(
+            json.dumps(PYRAMID, sort_keys=True)
+            if PYRAMID["enabled"]
+            else ""
+        ),
     threads: 2
     resources:
         mem_mb=int(1000 + 1.25 * (config["detect"]["max_block_mb"] or 384)),
@@ -74,5 +90,5 @@ rule detect:
     shell:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile:q} "
         "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} {params.threshold} "
-        "{params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} {params.grid} "
-        "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"
+        "{params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} --pyramid={params.pyramid:q} "
+        "{params.grid} --prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

@@ -17,6 +17,7 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             model=model_files(DISCOVERY),
             impact=ancient(model_files(IMPACT)),
             region=config["region"]["file"],
+            screen=rules.detect.input.screen,
         output:
             probability=[f"{SCAN}/quadrants/{{tile}}_{q}/probability.tif" for q in QUADRANTS],
             candidates=[f"{SCAN}/quadrants/{{tile}}_{q}/candidates.csv" for q in QUADRANTS],
@@ -35,6 +36,7 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             strips=rules.detect.params.strips,
             on_empty=rules.detect.params.on_empty,
             checks=rules.detect.params.checks,
+            pyramid=rules.detect.params.pyramid,
             impact=rules.detect.params.impact,
             layer=rules.detect.params.layer,
         threads: 2
@@ -46,5 +48,5 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             "minescan detect --tile {wildcards.tile} --quadrant {params.quadrants} --tile-path {input.tile:q} "
             "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
             "{params.threshold} {params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} "
-            "{params.grid} "
+            "--pyramid={params.pyramid:q} {params.grid} "
             "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

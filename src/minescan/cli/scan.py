@@ -61,6 +61,15 @@ def cmd_detect(args) -> int:
     region = read_region(args.region, args.region_layer)
     quality = QualityCheck(args.cloud_check, args.cloud_min_reflectance, args.cloud_max_fraction,
                            args.band_order_check)
+    pyramid = None
+    if args.pyramid:  # detect.pyramid as JSON (rules/detect.smk)
+        from minescan.scan.pyramid import Pyramid
+
+        try:
+            section = json.loads(args.pyramid)
+        except ValueError as exc:
+            raise ConfigError(f"--pyramid: not JSON ({exc})") from exc
+        pyramid = Pyramid.from_dict(section, lambda p: load_model(p, expect_kind="discovery"))
     # several quadrants (detect.quadrants_per_job: tile): one TensorFlow start and model load for all
     for quadrant, prob_out, cands_out in zip(args.quadrant, args.prob_out, args.candidates_out, strict=True):
         with compute_precision(args.precision):
@@ -68,7 +77,7 @@ def cmd_detect(args) -> int:
                        args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
                        impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label},
-                       patch_stride=args.patch_stride, patch_method=args.patch_inference)
+                       patch_stride=args.patch_stride, patch_method=args.patch_inference, pyramid=pyramid)
     return 0
 
 
@@ -179,6 +188,9 @@ def register(sub) -> None:
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")
+    p.add_argument("--pyramid", default=None,
+                   help="pyramid scan: the detect.pyramid config section as JSON (coarse screen, then the FCN "
+                   "on the kept blocks only; docs/pyramid.md)")
     p.add_argument("--prob-out", required=True, nargs="+", help="one per --quadrant, in the same order")
     p.add_argument("--candidates-out", required=True, nargs="+", help="one per --quadrant, in the same order")
     grid_args(p)

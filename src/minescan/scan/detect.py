@@ -216,7 +216,8 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                on_empty: str = "error", *, max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
                stats: InferenceStats | None = None, quality: QualityCheck | None = DEFAULT_QUALITY,
-               tags: dict | None = None, patch_stride: int | None = None, patch_method: str = "auto") -> dict:
+               tags: dict | None = None, patch_stride: int | None = None, patch_method: str = "auto",
+               pyramid=None) -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
@@ -248,12 +249,18 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                 prob, kx, ky, cell_px = quadrant_patch_probabilities(
                     raster, tile, quadrant, model, scale, stride=patch_stride, method=patch_method,
                     max_block_mb=max_block_mb, block_rows=block_cells, stats=stats)
+            elif pyramid is not None:  # coarse screen first, the FCN on the kept blocks (scan/pyramid.py)
+                from minescan.scan.pyramid import pyramid_probabilities
+
+                prob, kx, ky = pyramid_probabilities(raster, tile, quadrant, model, scale, pyramid, block_cells,
+                                                     max_block_mb=max_block_mb, method=method, stats=stats,
+                                                     rater=rater)
             else:
                 prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
                                                       max_block_mb=max_block_mb, method=method, stats=stats,
                                                       rater=rater)
             n_valid = int(np.isfinite(prob).sum())
-            if n_valid == 0:
+            if n_valid == 0 and not (pyramid is not None and pyramid.info.get("cells_skipped")):
                 msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
                 if on_empty == "error":
                     raise NoDataError(msg + "; set detect.on_empty_quadrant: warn to accept it")
@@ -268,6 +275,8 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
             "MODEL_VERSION": model.version, "THRESHOLD": threshold, **flags, **(tags or {})}
     if patch:
         meta["CELL_PX"] = cell_px
+    if pyramid is not None and not pyramid.keeps_everything:
+        meta["PYRAMID_SKIPPED_CELLS"] = pyramid.info.get("cells_skipped", 0)
     write_probability_raster(prob_out, prob, kx, ky, tile, meta, cell_px)
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)
