@@ -119,3 +119,27 @@ def test_chunked_features_equal_whole_array(tmp_path, name):
         water = rasterise_mask([], Affine(10, 0, 0, 0, -10, 0), (80, 80), chunks=arr.data.chunks[1:])
         lazy_w = feature_array(arr.data, fs, 1e-4, 0, 10.0, month=2.0, water=water)
         assert float(np.nanmax(lazy_w[i].compute())) == 120.0  # the (empty) layer, not the MNDWI mask, is used
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+
+def test_signed_distance_on_a_known_square(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from minescan.pixel.labels import pixel_labels, polygons_in_crs
+
+    t = Affine(10, 0, 0, 0, -10, 400)  # 40 x 40 px at 10 m, x 0..400, y 0..400
+    square = box(100, 100, 200, 200)  # columns 10..19, rows 20..29
+    gpd.GeoDataFrame(geometry=[square], crs=32721).to_crs(4326).to_file(tmp_path / "mines.geojson")
+    geoms = polygons_in_crs(tmp_path / "mines.geojson", "EPSG:32721")
+    lab = pixel_labels(geoms, t, (40, 40), 10.0)
+    d = lab.distance_m
+    assert lab.mine.sum() == 100 and lab.mine[25, 15] == 1 and lab.mine[25, 25] == 0
+    assert d[25, 25] == pytest.approx(55.0)  # centre x = 255, edge x = 200
+    assert d[24, 15] == pytest.approx(-45.0)  # centre (155, 155): 45 m from every edge
+    assert d[25, 10] == pytest.approx(-5.0) and d[25, 9] == pytest.approx(5.0)
+    assert d[15, 25] == pytest.approx(np.hypot(55.0, 45.0), abs=0.01 + 5.0)  # diagonal: within half a pixel
+    ex = pixel_labels(geoms, t, (40, 40), 10.0, exclude_m=20.0)
+    assert ex.mine[25, 10] == -1 and ex.mine[25, 8] == -1 and ex.mine[25, 7] == 0 and ex.mine[24, 15] == 1
