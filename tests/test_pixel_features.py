@@ -143,3 +143,12 @@ def test_signed_distance_on_a_known_square(tmp_path):
     assert d[15, 25] == pytest.approx(np.hypot(55.0, 45.0), abs=0.01 + 5.0)  # diagonal: within half a pixel
     ex = pixel_labels(geoms, t, (40, 40), 10.0, exclude_m=20.0)
     assert ex.mine[25, 10] == -1 and ex.mine[25, 8] == -1 and ex.mine[25, 7] == 0 and ex.mine[24, 15] == 1
+
+
+def test_chunked_rasterisation_equals_whole():
+    t = Affine(10, 0, 1000, 0, -10, 5000)
+    geoms = [LineString([(1005, 4995), (1600, 4400)]).buffer(12)]
+    whole = rasterise_mask(geoms, t, (70, 70))
+    lazy = rasterise_mask(geoms, t, (70, 70), chunks=((16, 16, 38), (30, 40)))
+    assert whole.sum() > 100
+    np.testing.assert_array_equal(lazy.compute(), whole)

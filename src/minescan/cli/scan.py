@@ -40,7 +40,12 @@ def cmd_config_reference(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    from minescan.models.store import load_model
+    from minescan.models.store import load_model, read_card
+
+    if read_card(args.model)["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
+        from minescan.pixel.detect import cmd_detect_pixel
+
+        return cmd_detect_pixel(args)
     from minescan.scan.detect import run_detect
     from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, import_keras_lean
     from minescan.vector_io import read_region
@@ -123,6 +128,9 @@ def register(sub) -> None:
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")
+    p.add_argument("--period", default=None, help="the tile's period (pixel models with the month feature)")
+    p.add_argument("--water", default=None, help="water polygons (pixel models with the water distance; "
+                   "default: the MNDWI water mask)")
     p.add_argument("--prob-out", required=True)
     p.add_argument("--candidates-out", required=True)
     grid_args(p)
