@@ -69,6 +69,18 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_temporal(args) -> int:
+    from minescan.pixel.temporal import temporal_median, temporal_sites
+
+    stats = temporal_median(args.rasters, args.out, args.last)
+    line = f"median of the last {stats['periods']} rasters -> {args.out}"
+    if args.sites_out:
+        sites = temporal_sites(args.out, args.threshold, args.sites_out)
+        line += f"; {len(sites)} sites >= {args.threshold} -> {args.sites_out}"
+    print(line)
+    return 0
+
+
 def _data_args(p) -> None:
     p.add_argument("--images", nargs="+", default=None, help="GeoTIFFs (band descriptions = band names)")
     p.add_argument("--periods", nargs="+", default=None, help="period of each image (2024, 2026Q1): month feature, year")
@@ -111,3 +123,12 @@ def register(sub) -> None:
     t.add_argument("--group-by", default="image", choices=["image", "year"],
                    help="cross-validation groups: the image (site) or the year of each pixel")
     t.set_defaults(func=cmd_train)
+
+    m = psub.add_parser("temporal", help="per-pixel median of the probability rasters of the last N periods "
+                        "(pixel model 10 m COGs or FCN cell rasters), and sites from it")
+    m.add_argument("--rasters", nargs="+", required=True, help="one place's probability rasters, oldest first")
+    m.add_argument("--last", type=int, default=3, help="median over the last N periods (pixel.temporal_periods)")
+    m.add_argument("--out", required=True, help="median COG")
+    m.add_argument("--sites-out", default=None, help="sites (connected pixels >= threshold), .gpkg or .geojson")
+    m.add_argument("--threshold", type=float, default=0.5)
+    m.set_defaults(func=cmd_temporal)
