@@ -57,4 +57,5 @@ rule detect:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile} "
         "--model {params.model} --region {input.region} {params.layer} --scale {params.scale} {params.threshold} "
         "{params.strips} {params.impact} --on-empty {params.on_empty} {params.grid} "
+        "--period {wildcards.period} "
         "--prob-out {output.probability} --candidates-out {output.candidates} 2> {log}"

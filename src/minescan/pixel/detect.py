@@ -187,7 +187,7 @@ def cmd_detect_pixel(args) -> int:
     tile = tile_from_args(args)
     if args.impact_model:
         log.info("pixel model: candidates are rated by the classify job, not here")
-    water = polygons_in_crs(args.water, tile.crs) if args.water else None
+    water = polygons_in_crs(args.water, tile.crs) if args.water and model.feature_set.needs_water else None
     run_pixel_detect(args.tile_path, tile, args.quadrant, model, read_region(args.region, args.region_layer),
                      args.scale, args.threshold, args.prob_out, args.candidates_out, args.on_empty,
                      period=args.period, water_geoms=water)
