@@ -81,6 +81,19 @@ def cmd_temporal(args) -> int:
     return 0
 
 
+def cmd_evaluate_chips(args) -> int:
+    from minescan.pixel.evaluate import evaluate_chips
+
+    res = evaluate_chips(args.chips, args.out, test_year=args.test_year, models=args.models,
+                         feature_sets=args.feature_sets, pixels_per_chip=args.pixels_per_chip,
+                         score_pixels=args.score_pixels, folds=args.folds, seed=args.seed)
+    for key, e in res["models"].items():
+        print(f"{key}: chip AUC {e['chip_mean']['auc']} (mean score) / {e['chip_p90']['auc']} (p90); sensitivity "
+              f"at specificity 0.99 {e['chip_mean']['sensitivity_at_spec_0.99']} / "
+              f"{e['chip_p90']['sensitivity_at_spec_0.99']}")
+    return 0
+
+
 def _data_args(p) -> None:
     p.add_argument("--images", nargs="+", default=None, help="GeoTIFFs (band descriptions = band names)")
     p.add_argument("--periods", nargs="+", default=None, help="period of each image (2024, 2026Q1): month feature, year")
@@ -132,3 +145,16 @@ def register(sub) -> None:
     m.add_argument("--sites-out", default=None, help="sites (connected pixels >= threshold), .gpkg or .geojson")
     m.add_argument("--threshold", type=float, default=0.5)
     m.set_defaults(func=cmd_temporal)
+
+    e = psub.add_parser("evaluate-chips", help="train pixel models on the chips of other years, report chip-level "
+                        "AUC and sensitivity at specificity 0.99 on the test year")
+    e.add_argument("--chips", required=True, help="labelled RGB chip archive (.npz with x, y, period)")
+    e.add_argument("--test-year", type=int, default=2024)
+    e.add_argument("--models", nargs="+", default=["logistic", "forest"], choices=["logistic", "forest"])
+    e.add_argument("--feature-sets", nargs="+", default=["bands", "indices"], choices=["bands", "indices"])
+    e.add_argument("--pixels-per-chip", type=int, default=8, help="training pixels drawn per chip")
+    e.add_argument("--score-pixels", type=int, default=256, help="pixels scored per test chip")
+    e.add_argument("--folds", type=int, default=3)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, help="model directories and chips_eval.json")
+    e.set_defaults(func=cmd_evaluate_chips)
