@@ -91,3 +91,11 @@ def test_chip_evaluation_on_a_toy_archive(tmp_path):
     assert e["chip_mean"]["auc"] == 1.0 and e["chip_mean"]["sensitivity_at_spec_0.99"] == 1.0
     assert (tmp_path / "out" / "chips_eval.json").is_file()
     assert sensitivity_at_specificity([0, 0, 1, 1], [0.1, 0.6, 0.5, 0.9])[0] == 0.5
+
+
+def test_study_without_distance_labels(tmp_path):
+    s = two_feature_problem(600)
+    s.distance_m[:] = np.nan  # chips: mine / not mine only
+    summary = run_study({"toy": s}, tmp_path, lambda_grid(5, 1e-3, 1.0))
+    assert list(summary["sets"]["toy"]["models"]) == ["logistic"]
+    assert (tmp_path / "coef_paths_toy.png").is_file() and not (tmp_path / "path_toy_lasso.csv").exists()

@@ -121,7 +121,7 @@ def _plots(tables: dict[str, pd.DataFrame], names: list[str], set_name: str, out
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.5))
-    for ax, (model, t) in zip(fig.subplots(1, len(tables)), tables.items(), strict=True):
+    for ax, (model, t) in zip(fig.subplots(1, len(tables), squeeze=False)[0], tables.items(), strict=True):
         order = exit_order(t, names)["feature"].tolist()
         for n in names[::-1]:
             labelled = n in order[:top]
