@@ -151,7 +151,7 @@ def main() -> int:
                            "site": site_scores(med, last_truth, thr)}
         report["models"][name] = entry
         print(name, json.dumps(entry, indent=1))
-    (args.out / "pixel_demo_eval.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    (args.out / f"pixel_demo_eval_{'-'.join(args.models)}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0
 
 

@@ -88,6 +88,7 @@ def temporal_sites(median_path, threshold: float, out=None):
     ``out`` when given) with ``area_ha``, ``mean_probability``, ``max_probability`` and ``pixels``."""
     import geopandas as gpd
     from rasterio.features import shapes
+    from scipy import ndimage
     from scipy.ndimage import label
     from shapely.geometry import shape
     from shapely.ops import unary_union
@@ -97,20 +98,19 @@ def temporal_sites(median_path, threshold: float, out=None):
         transform, crs = ds.transform, ds.crs
     hot = np.nan_to_num(prob, nan=-1.0) >= threshold
     lab, n = label(hot, structure=np.ones((3, 3), bool))
-    rows = []
-    for geom, value in shapes(lab.astype(np.int32), mask=hot, transform=transform, connectivity=8):
-        k = int(value)
-        rows.append((k, shape(geom)))
     by_id: dict[int, list] = {}
-    for k, g in rows:
-        by_id.setdefault(k, []).append(g)
+    for geom, value in shapes(lab.astype(np.int32), mask=hot, transform=transform, connectivity=8):
+        by_id.setdefault(int(value), []).append(shape(geom))
+    idx = np.arange(1, n + 1)
+    vals = np.where(hot, prob, 0.0)
+    count = ndimage.sum_labels(hot, lab, idx) if n else []
+    mean = ndimage.mean(vals, lab, idx) if n else []
+    top = ndimage.maximum(vals, lab, idx) if n else []
     px_area = abs(transform.a * transform.e) / 1e4
-    recs = []
-    for k in range(1, n + 1):
-        vals = prob[lab == k]
-        recs.append({"site": k, "pixels": int(vals.size), "area_ha": round(vals.size * px_area, 4),
-                     "mean_probability": round(float(vals.mean()), 6), "max_probability": round(float(vals.max()), 6),
-                     "geometry": unary_union(by_id[k])})
+    recs = [{"site": int(k), "pixels": int(c), "area_ha": round(float(c) * px_area, 4),
+             "mean_probability": round(float(m), 6), "max_probability": round(float(t), 6),
+             "geometry": unary_union(by_id[int(k)])}
+            for k, c, m, t in zip(idx, count, mean, top, strict=True)]
     gdf = gpd.GeoDataFrame(recs, geometry="geometry", crs=crs) if recs else \
         gpd.GeoDataFrame({"site": [], "pixels": [], "area_ha": [], "mean_probability": [], "max_probability": []},
                          geometry=[], crs=crs)
