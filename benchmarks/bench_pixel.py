@@ -1,4 +1,4 @@
-"""The pixel detector on a synthetic quadrant: km2/s and peak RSS per job, and a random forest's predictions/s.
+"""The pixel detector on a synthetic quadrant: km2/s and peak RSS per job, random forest predictions/s.
 
     .venv/bin/python benchmarks/bench_pixel.py [--quick] [--json out.json] [--with-fcn]
 
@@ -38,8 +38,14 @@ def train_models(d: Path) -> dict[str, Path]:
     n = 6000
     X = rng.normal(size=(n, len(fs.features))).astype(np.float32)
     y = ((X[:, 3] + 0.5 * X[:, 20] + rng.normal(scale=0.7, size=n)) > 1.2).astype(np.int8)
-    s = PixelSamples(list(fs.features), X, np.zeros(n, np.float32), y, np.array([f"g{i % 6}" for i in range(n)]),
-                     np.zeros(n, int))
+    s = PixelSamples(
+        list(fs.features),
+        X,
+        np.zeros(n, np.float32),
+        y,
+        np.array([f"g{i % 6}" for i in range(n)]),
+        np.zeros(n, int),
+    )
     out = {}
     for model in ("forest", "logistic"):
         train_pixel_model(s, fs, d / f"pixel-{model}", model=model, precision_floor=0.3, folds=3)
@@ -49,14 +55,43 @@ def train_models(d: Path) -> dict[str, Path]:
 
 def detect(d: Path, tile_path: Path, tile_px: int, model: Path, quadrant: str = "NW") -> dict:
     q = d / f"{model.name}_{quadrant}"
-    r = bq.run([*bq.minescan_cmd(), "detect", "--tile", bq.tile_id(tile_px), "--quadrant", quadrant,
-                "--tile-path", str(tile_path), "--model", str(model), "--region", str(d / "region.geojson"),
-                "--scale", str(bq.SCALE), "--threshold", "0.5", "--period", "2026Q1",
-                "--prob-out", str(q / "probability.tif"), "--candidates-out", str(q / "candidates.csv"),
-                *bq.grid_args(tile_px)], f"detect {model.name}")
+    r = bq.run(
+        [
+            *bq.minescan_cmd(),
+            "detect",
+            "--tile",
+            bq.tile_id(tile_px),
+            "--quadrant",
+            quadrant,
+            "--tile-path",
+            str(tile_path),
+            "--model",
+            str(model),
+            "--region",
+            str(d / "region.geojson"),
+            "--scale",
+            str(bq.SCALE),
+            "--threshold",
+            "0.5",
+            "--period",
+            "2026Q1",
+            "--prob-out",
+            str(q / "probability.tif"),
+            "--candidates-out",
+            str(q / "candidates.csv"),
+            *bq.grid_args(tile_px),
+        ],
+        f"detect {model.name}",
+    )
     km2 = (tile_px // 2 * 10 / 1000) ** 2
-    return {"wall_s": round(r["wall_s"], 1), "cpu_s": round(r["cpu_s"], 1), "rss_mb": round(r["rss_mb"]),
-            "km2": km2, "km2_per_s": round(km2 / r["wall_s"], 2), "load": round(os.getloadavg()[0], 2)}
+    return {
+        "wall_s": round(r["wall_s"], 1),
+        "cpu_s": round(r["cpu_s"], 1),
+        "rss_mb": round(r["rss_mb"]),
+        "km2": km2,
+        "km2_per_s": round(km2 / r["wall_s"], 2),
+        "load": round(os.getloadavg()[0], 2),
+    }
 
 
 def forest_rate(model_dir: Path, rows: int = 1_000_000) -> dict:
@@ -68,8 +103,13 @@ def forest_rate(model_dir: Path, rows: int = 1_000_000) -> dict:
     t0 = time.perf_counter()
     m.predict_proba(X)
     dt = time.perf_counter() - t0
-    return {"rows": rows, "seconds": round(dt, 2), "predictions_per_s": round(rows / dt),
-            "trees": m.estimator[-1].n_estimators, "max_depth": m.card["metrics"]["grid"]["best"].get("clf__max_depth")}
+    return {
+        "rows": rows,
+        "seconds": round(dt, 2),
+        "predictions_per_s": round(rows / dt),
+        "trees": m.estimator[-1].n_estimators,
+        "max_depth": m.card["metrics"]["grid"]["best"].get("clf__max_depth"),
+    }
 
 
 def main() -> None:
@@ -79,7 +119,12 @@ def main() -> None:
     ap.add_argument("--with-fcn", action="store_true", help="also the FCN detect job on the same quadrant")
     args = ap.parse_args()
     tile_px = 2304 if args.quick else 9216
-    res: dict = {"tile_px": tile_px, "quadrant_px": tile_px // 2, "cpu": bq.cpu_name(), "cores": os.cpu_count()}
+    res: dict = {
+        "tile_px": tile_px,
+        "quadrant_px": tile_px // 2,
+        "cpu": bq.cpu_name(),
+        "cores": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="bench_pixel_") as tmp:
         d = Path(tmp)
         bq.say("writing the synthetic tile")

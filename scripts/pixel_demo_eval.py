@@ -32,9 +32,26 @@ def demo_scene(out: Path, period: str, training: bool) -> tuple[Path, Path]:
     name = "training" if training else period
     tif, truth = out / f"scene_{name}.tif", out / f"truth_{name}.gpkg"
     if not tif.exists():
-        cmd = [sys.executable, "-m", "minescan.cli", "demo-scene", "--region", str(ROOT / "config/demo_region.geojson"),
-               "--seed", "7", "--sites-per-tile", "8", "--tile-px", "1024", "--halo-px", "160",
-               "--scene", str(tif), "--truth", str(truth)] + (["--training"] if training else ["--period", period])
+        cmd = [
+            sys.executable,
+            "-m",
+            "minescan.cli",
+            "demo-scene",
+            "--region",
+            str(ROOT / "config/demo_region.geojson"),
+            "--seed",
+            "7",
+            "--sites-per-tile",
+            "8",
+            "--tile-px",
+            "1024",
+            "--halo-px",
+            "160",
+            "--scene",
+            str(tif),
+            "--truth",
+            str(truth),
+        ] + (["--training"] if training else ["--period", period])
         subprocess.run(cmd, check=True)
     return tif, truth
 
@@ -48,7 +65,7 @@ def mines_only(truth: Path, out: Path) -> Path:
 
 
 def score_scene(model, tif: Path, crop: int, out_tif: Path):
-    """P(mine) of the central ``crop`` px square of a scene, written as a GeoTIFF; returns (prob, transform)."""
+    """P(mine) of the central ``crop`` px square of a scene, written as a GeoTIFF; (prob, transform, crs)."""
     import dask
 
     from minescan.pixel.features import feature_array, open_bands
@@ -71,8 +88,18 @@ def score_scene(model, tif: Path, crop: int, out_tif: Path):
     with rasterio.open(tif) as ds:
         t = ds.transform * Affine.translation(c0, r0)
         crs = ds.crs
-    with rasterio.open(out_tif, "w", driver="GTiff", dtype="float32", count=1, width=prob.shape[1],
-                       height=prob.shape[0], crs=crs, transform=t, nodata=float("nan")) as dst:
+    with rasterio.open(
+        out_tif,
+        "w",
+        driver="GTiff",
+        dtype="float32",
+        count=1,
+        width=prob.shape[1],
+        height=prob.shape[0],
+        crs=crs,
+        transform=t,
+        nodata=float("nan"),
+    ) as dst:
         dst.write(prob, 1)
     return prob, t, crs
 
@@ -90,9 +117,14 @@ def site_scores(prob_tif: Path, truth_mines, threshold: float) -> dict:
     t = t[t.intersects(frame)]
     found = sum(bool(sites.intersects(g).any()) for g in t.geometry)
     correct = sum(bool(t.intersects(g).any()) for g in sites.geometry)
-    return {"truth_mines": len(t), "found": found, "recall": round(found / len(t), 4) if len(t) else None,
-            "sites": len(sites), "correct_sites": correct,
-            "precision": round(correct / len(sites), 4) if len(sites) else None}
+    return {
+        "truth_mines": len(t),
+        "found": found,
+        "recall": round(found / len(t), 4) if len(t) else None,
+        "sites": len(sites),
+        "correct_sites": correct,
+        "precision": round(correct / len(sites), 4) if len(sites) else None,
+    }
 
 
 def main() -> int:
@@ -115,8 +147,14 @@ def main() -> int:
 
     tr_tif, tr_truth = demo_scene(args.out, "", training=True)
     fs = FeatureSet("indices", SENTINEL2_BANDS)
-    samples = image_samples(tr_tif, fs, mines_only(tr_truth, args.out / "training_mines.gpkg"), "2026Q1",
-                            max_pixels=args.max_pixels, seed=0)
+    samples = image_samples(
+        tr_tif,
+        fs,
+        mines_only(tr_truth, args.out / "training_mines.gpkg"),
+        "2026Q1",
+        max_pixels=args.max_pixels,
+        seed=0,
+    )
     # one training image: its pixels go to 5 random CV groups (neighbouring pixels share folds: the CV figures
     # are optimistic; the test figures below are on other scenes)
     report: dict = {"periods": args.periods, "crop_px": args.crop, "feature_set": fs.name, "models": {}}
@@ -137,21 +175,30 @@ def main() -> int:
             probs.append(out_tif)
             truth_mines = read_vector(truth)
             truth_mines = truth_mines[truth_mines["class"] == "mine"]
-            lab = pixel_labels(polygons_in_crs(mines_only(truth, args.out / f"mines_{period}.gpkg"), crs), t,
-                               prob.shape, 10.0)
-            entry["per_period"][period] = {"pixel": pixel_scores(prob, lab.mine == 1, thr),
-                                           "site": site_scores(out_tif, truth_mines, thr)}
+            lab = pixel_labels(
+                polygons_in_crs(mines_only(truth, args.out / f"mines_{period}.gpkg"), crs),
+                t,
+                prob.shape,
+                10.0,
+            )
+            entry["per_period"][period] = {
+                "pixel": pixel_scores(prob, lab.mine == 1, thr),
+                "site": site_scores(out_tif, truth_mines, thr),
+            }
         med = args.out / f"median_{name}.tif"
         temporal_median(probs, med, last_n=len(probs))
         with rasterio.open(med) as ds:
             mprob = ds.read(1)
         last_truth = read_vector(scenes[-1][1])
         last_truth = last_truth[last_truth["class"] == "mine"]
-        entry["median"] = {"pixel": pixel_scores(mprob, lab.mine == 1, thr),
-                           "site": site_scores(med, last_truth, thr)}
+        entry["median"] = {
+            "pixel": pixel_scores(mprob, lab.mine == 1, thr),
+            "site": site_scores(med, last_truth, thr),
+        }
         report["models"][name] = entry
         print(name, json.dumps(entry, indent=1))
-    (args.out / f"pixel_demo_eval_{'-'.join(args.models)}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    out = args.out / f"pixel_demo_eval_{'-'.join(args.models)}.json"
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return 0
 
 

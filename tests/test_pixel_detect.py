@@ -29,9 +29,17 @@ def hand_set_model(path, water_cap_m=200.0):
     clf.coef_[0, 0] = 40.0
     clf.coef_[0, fs.features.index("dist_water")] = 0.02
     clf.intercept_[:] = -17.0
-    card = {"kind": "pixel", "name": "hand-set", "bands": list(fs.bands), "feature_set": fs.as_card(),
-            "window": 1, "classes": ["background", "mine"], "normalisation": {}, "threshold": 0.5,
-            "cell_statistic": "max"}
+    card = {
+        "kind": "pixel",
+        "name": "hand-set",
+        "bands": list(fs.bands),
+        "feature_set": fs.as_card(),
+        "window": 1,
+        "classes": ["background", "mine"],
+        "normalisation": {},
+        "threshold": 0.5,
+        "cell_statistic": "max",
+    }
     save_pixel_model(path, pipe, card)
     return load_pixel_model(path)
 
@@ -41,7 +49,10 @@ def scene(tmp_path_factory):
     d = tmp_path_factory.mktemp("pixel-detect")
     tile = grid_tile()
     c0, r0, _, _ = tile.core_px()
-    squares = [(c0 + 300, r0 + 300, c0 + 350, r0 + 340), (c0 + 40, r0 + 500, c0 + 80, r0 + 540)]  # one on a seam
+    squares = [
+        (c0 + 300, r0 + 300, c0 + 350, r0 + 340),
+        (c0 + 40, r0 + 500, c0 + 80, r0 + 540),
+    ]  # one on a seam
     path = write_scene(d / "tile.tif", [tile], squares=squares, noise_seed=5, margin_px=0)
     region = to_crs(box(*tile.core_bounds), tile.id.epsg, 4326)
     return tile, path, region, hand_set_model(d / "model")
@@ -66,8 +77,21 @@ def test_quadrants_equal_the_whole_tile(scene, tmp_path, water):
         c0, r0, c1, r1 = tile.core_px()
         geoms = [LineString([(c0 * 10 + 3105, -r0 * 10), (c0 * 10 + 3105, -r1 * 10)]).buffer(15)]
     whole = tmp_path / "whole"
-    run_pixel_detect(path, tile, "NW", model, region, 1e-4, None, whole / "probability.tif",
-                     whole / "candidates.csv", core_px=tile.core_px(), strip_cells=5, water_geoms=geoms, period="2026Q1")
+    run_pixel_detect(
+        path,
+        tile,
+        "NW",
+        model,
+        region,
+        1e-4,
+        None,
+        whole / "probability.tif",
+        whole / "candidates.csv",
+        core_px=tile.core_px(),
+        strip_cells=5,
+        water_geoms=geoms,
+        period="2026Q1",
+    )
     with rasterio.open(whole / PIXEL_PROB_FILE) as ds:
         w10, wt = ds.read(1), ds.transform
     with rasterio.open(whole / "probability.tif") as ds:
@@ -77,8 +101,20 @@ def test_quadrants_equal_the_whole_tile(scene, tmp_path, water):
     cands = []
     for q in QUADRANTS:
         out = tmp_path / q
-        run_pixel_detect(path, tile, q, model, region, 1e-4, None, out / "probability.tif", out / "candidates.csv",
-                         strip_cells=7, water_geoms=geoms, period="2026Q1")
+        run_pixel_detect(
+            path,
+            tile,
+            q,
+            model,
+            region,
+            1e-4,
+            None,
+            out / "probability.tif",
+            out / "candidates.csv",
+            strip_cells=7,
+            water_geoms=geoms,
+            period="2026Q1",
+        )
         kx, ky = cells_in_core(tile.quadrant_core_px(q))
         with rasterio.open(out / PIXEL_PROB_FILE) as ds:
             p10 = ds.read(1)
@@ -87,8 +123,13 @@ def test_quadrants_equal_the_whole_tile(scene, tmp_path, water):
         np.testing.assert_array_equal(p10, w10[r : r + p10.shape[0], c : c + p10.shape[1]])
         seen[r : r + p10.shape[0], c : c + p10.shape[1]] += 1
         with rasterio.open(out / "probability.tif") as ds:
-            np.testing.assert_array_equal(ds.read(1), wcell[ky.start - ky_all.start : ky.stop - ky_all.start,
-                                                            kx.start - kx_all.start : kx.stop - kx_all.start])
+            np.testing.assert_array_equal(
+                ds.read(1),
+                wcell[
+                    ky.start - ky_all.start : ky.stop - ky_all.start,
+                    kx.start - kx_all.start : kx.stop - kx_all.start,
+                ],
+            )
         assert (out / FRACTION_FILE).is_file()
         cands.append(pd.read_csv(out / "candidates.csv"))
     assert (seen == 1).all()  # the quadrants' pixels tile the whole exactly once
@@ -104,8 +145,19 @@ def test_water_distance_changes_probabilities(scene, tmp_path):
     outs = []
     for geoms in (None, []):  # MNDWI mask of the noisy scene vs an empty water layer (distance = the cap)
         d = tmp_path / str(geoms)
-        run_pixel_detect(path, tile, "NE", model, region, 1e-4, None, d / "p.tif", d / "c.csv", water_geoms=geoms,
-                         period="2026Q1")
+        run_pixel_detect(
+            path,
+            tile,
+            "NE",
+            model,
+            region,
+            1e-4,
+            None,
+            d / "p.tif",
+            d / "c.csv",
+            water_geoms=geoms,
+            period="2026Q1",
+        )
         with rasterio.open(d / PIXEL_PROB_FILE) as ds:
             outs.append(ds.read(1))
     assert (outs[1] >= outs[0]).all() and (outs[1] > outs[0]).any()
@@ -118,9 +170,27 @@ def test_detect_cli_dispatches_on_the_card(scene, tmp_path, capsys):
     import geopandas as gpd
 
     gpd.GeoDataFrame(geometry=[region], crs=4326).to_file(tmp_path / "region.geojson")
-    args = ["detect", "--tile", tile.name, "--quadrant", "SE", "--tile-path", str(path), "--model", str(model.path),
-            "--region", str(tmp_path / "region.geojson"), "--tile-px", "648", "--halo-px", "160",
-            "--prob-out", str(tmp_path / "q" / "probability.tif"), "--candidates-out", str(tmp_path / "q" / "c.csv")]
+    args = [
+        "detect",
+        "--tile",
+        tile.name,
+        "--quadrant",
+        "SE",
+        "--tile-path",
+        str(path),
+        "--model",
+        str(model.path),
+        "--region",
+        str(tmp_path / "region.geojson"),
+        "--tile-px",
+        "648",
+        "--halo-px",
+        "160",
+        "--prob-out",
+        str(tmp_path / "q" / "probability.tif"),
+        "--candidates-out",
+        str(tmp_path / "q" / "c.csv"),
+    ]
     assert run(args) == 2 and "give the tile's period" in capsys.readouterr().err
     args[1:1] = ["--period", "2026Q1"]
     assert run(args) == 0

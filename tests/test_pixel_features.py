@@ -28,8 +28,20 @@ def test_feature_set_names_and_counts():
     fs = FeatureSet("indices", SENTINEL2_BANDS)
     assert fs.features[:12] == SENTINEL2_BANDS
     assert len(fs.features) == 12 + 66 + 1  # bands, every normalised difference, MSI
-    for name in ("NDVI", "NDRE", "NDMI", "NDWI", "MNDWI", "NBR", "NBR2", "NDVI705", "NDTI", "AMWI", "MSI",
-                 "nd_B1_B2"):
+    for name in (
+        "NDVI",
+        "NDRE",
+        "NDMI",
+        "NDWI",
+        "MNDWI",
+        "NBR",
+        "NBR2",
+        "NDVI705",
+        "NDTI",
+        "AMWI",
+        "MSI",
+        "nd_B1_B2",
+    ):
         assert name in fs.features
     rgb = FeatureSet("indices", ("B4", "B3", "B2"))
     assert rgb.features == ("B4", "B3", "B2", "NDTI", "AMWI", "nd_B3_B2")
@@ -96,9 +108,21 @@ def _scene(tmp_path, seed, size, bands=SENTINEL2_BANDS):
     data[2, 20:40, 30:33] = 9000  # a bright-green river: MNDWI > 0
     data[10, 20:40, 30:33] = 100
     path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", dtype="uint16", count=len(bands), width=size, height=size,
-                       crs="EPSG:32721", transform=Affine(10, 0, 0, 0, -10, 0), nodata=0, tiled=True,
-                       blockxsize=16, blockysize=16) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        dtype="uint16",
+        count=len(bands),
+        width=size,
+        height=size,
+        crs="EPSG:32721",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+        nodata=0,
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+    ) as dst:
         dst.write(data)
         dst.descriptions = tuple(bands)
     return path
@@ -118,7 +142,9 @@ def test_chunked_features_equal_whole_array(tmp_path, name):
         assert whole[i, 30, 20] == pytest.approx(100.0)  # 10 px left of the river
         water = rasterise_mask([], Affine(10, 0, 0, 0, -10, 0), (80, 80), chunks=arr.data.chunks[1:])
         lazy_w = feature_array(arr.data, fs, 1e-4, 0, 10.0, month=2.0, water=water)
-        assert float(np.nanmax(lazy_w[i].compute())) == 120.0  # the (empty) layer, not the MNDWI mask, is used
+        assert (
+            float(np.nanmax(lazy_w[i].compute())) == 120.0
+        )  # the (empty) layer, not the MNDWI mask, is used
 
 
 # ------------------------------------------------------------------------------------------------ labels

@@ -55,8 +55,12 @@ def test_formula_computes_the_models_probabilities(tmp_path):
     feats = compute_features(raw, model.feature_set, 1e-4, 0)
     want = model.predict_proba(feats.reshape(len(model.feature_set.features), -1).T)
     refl = raw.astype(np.float64) * 1e-4
-    got = [eval(formula, {"exp": math.exp}, {"B4": refl[0].flat[i], "B3": refl[1].flat[i], "B2": refl[2].flat[i]})
-           for i in range(25)]
+    got = [
+        eval(
+            formula, {"exp": math.exp}, {"B4": refl[0].flat[i], "B3": refl[1].flat[i], "B2": refl[2].flat[i]}
+        )
+        for i in range(25)
+    ]
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
@@ -68,11 +72,15 @@ def test_expression_text(tmp_path):
     area = ee.Geometry({"type": "Point"})
     text = repr(pixel_map_image(ee, settings, rgb_logistic(tmp_path), "2024", area))
     c = repr(build_composite(ee, settings, "2024", area, warn=False))
-    assert c.startswith("ee.ImageCollection('COPERNICUS/S2_HARMONIZED').filterDate('2024-01-01', '2025-01-01')"
-                        ".filterBounds(ee.Geometry({'type': 'Point'}))")
+    assert c.startswith(
+        "ee.ImageCollection('COPERNICUS/S2_HARMONIZED').filterDate('2024-01-01', '2025-01-01')"
+        ".filterBounds(ee.Geometry({'type': 'Point'}))"
+    )
     r = f"{c}.updateMask({c}.neq(0).reduce(ee.Reducer.min())).select(['B4', 'B2']).toFloat().multiply(0.0001)"
-    assert text == (f"{r}.expression('1 / (1 + exp(-(-0.7 + 2 * B4 - 1.5 * B2 + 3 * (B4 - B2) / (B4 + B2))))', "
-                    f"{{'B4': {r}.select('B4'), 'B2': {r}.select('B2')}}).rename('mine_probability').toFloat()")
+    assert text == (
+        f"{r}.expression('1 / (1 + exp(-(-0.7 + 2 * B4 - 1.5 * B2 + 3 * (B4 - B2) / (B4 + B2))))', "
+        f"{{'B4': {r}.select('B4'), 'B2': {r}.select('B2')}}).rename('mine_probability').toFloat()"
+    )
 
 
 def test_refuses_models_without_an_expression(tmp_path):
@@ -80,8 +88,11 @@ def test_refuses_models_without_an_expression(tmp_path):
         linear_terms(rgb_logistic(tmp_path, "full"))
     from sklearn.ensemble import RandomForestClassifier
 
-    forest = PixelModel(tmp_path, {"estimator": "forest", "feature_set": FeatureSet("bands", ("B4",)).as_card()},
-                        RandomForestClassifier(2).fit([[0.0], [1.0]], [0, 1]))
+    forest = PixelModel(
+        tmp_path,
+        {"estimator": "forest", "feature_set": FeatureSet("bands", ("B4",)).as_card()},
+        RandomForestClassifier(2).fit([[0.0], [1.0]], [0, 1]),
+    )
     with pytest.raises(ModelError, match="no Earth Engine expression"):
         linear_terms(forest)
 
@@ -95,13 +106,41 @@ def test_cli_show_expression(tmp_path, capsys):
     from minescan.pixel.train import save_pixel_model
 
     m = rgb_logistic(tmp_path)
-    save_pixel_model(tmp_path / "model", m.estimator, {**m.card, "bands": ["B4", "B3", "B2"], "window": 1,
-                                                      "classes": ["background", "mine"], "normalisation": {}})
+    save_pixel_model(
+        tmp_path / "model",
+        m.estimator,
+        {
+            **m.card,
+            "bands": ["B4", "B3", "B2"],
+            "window": 1,
+            "classes": ["background", "mine"],
+            "normalisation": {},
+        },
+    )
     gpd.GeoDataFrame(geometry=[box(-55, -10, -54.9, -9.9)], crs=4326).to_file(tmp_path / "region.geojson")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"region": {"name": "r", "file": str(tmp_path / "region.geojson")},
-                                                     "periods": ["2023", "2024"], "source": {"kind": "gee"}}))
-    assert run(["gee", "pixel-map", "--config", str(tmp_path / "c.yaml"), "--model", str(tmp_path / "model"),
-                "--show-expression"]) == 0
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "region": {"name": "r", "file": str(tmp_path / "region.geojson")},
+                "periods": ["2023", "2024"],
+                "source": {"kind": "gee"},
+            }
+        )
+    )
+    assert (
+        run(
+            [
+                "gee",
+                "pixel-map",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--model",
+                str(tmp_path / "model"),
+                "--show-expression",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "filterDate('2024-01-01', '2025-01-01')" in out and "ee.Geometry({'type': 'Polygon'" in out
     assert ".expression('1 / (1 + exp(-(-0.7 + 2 * B4" in out

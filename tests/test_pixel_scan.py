@@ -1,4 +1,4 @@
-"""The real Snakemake DAG with a pixel model as the detector: candidates, classify, merge and sites unchanged."""
+"""The real Snakemake DAG with a pixel model as the detector: classify, merge and sites unchanged."""
 
 import json
 
@@ -19,13 +19,27 @@ def bright_b1_pixel_model(path):
     from sklearn.pipeline import make_pipeline
 
     fs = FeatureSet("bands", SENTINEL2_BANDS)
-    pipe = make_pipeline(LogisticRegression()).fit(np.random.default_rng(0).normal(size=(20, 12)), np.arange(20) % 2)
+    pipe = make_pipeline(LogisticRegression()).fit(
+        np.random.default_rng(0).normal(size=(20, 12)), np.arange(20) % 2
+    )
     pipe[-1].coef_[:] = 0
     pipe[-1].coef_[0, 0] = 40.0
     pipe[-1].intercept_[:] = -17.0
-    save_pixel_model(path, pipe, {"kind": "pixel", "name": "bright-b1", "bands": list(fs.bands),
-                                  "feature_set": fs.as_card(), "window": 1, "classes": ["background", "mine"],
-                                  "normalisation": {}, "threshold": 0.6, "cell_statistic": "max"})
+    save_pixel_model(
+        path,
+        pipe,
+        {
+            "kind": "pixel",
+            "name": "bright-b1",
+            "bands": list(fs.bands),
+            "feature_set": fs.as_card(),
+            "window": 1,
+            "classes": ["background", "mine"],
+            "normalisation": {},
+            "threshold": 0.6,
+            "cell_statistic": "max",
+        },
+    )
     return path
 
 

@@ -61,8 +61,15 @@ def test_grouped_split_never_shares_an_image():
 def test_study_report(tmp_path):
     s = two_feature_problem(1200)
     summary = run_study({"toy": s}, tmp_path, lambda_grid(12, 1e-3, 10.0))
-    for name in ("path_toy_lasso.csv", "path_toy_logistic.csv", "order_toy_lasso.csv", "order_toy_logistic.csv",
-                 "coef_paths_toy.png", "score_vs_lambda_toy.png", "study.json"):
+    for name in (
+        "path_toy_lasso.csv",
+        "path_toy_logistic.csv",
+        "order_toy_lasso.csv",
+        "order_toy_logistic.csv",
+        "coef_paths_toy.png",
+        "score_vs_lambda_toy.png",
+        "study.json",
+    ):
         assert (tmp_path / name).is_file(), name
     t = pd.read_csv(tmp_path / "path_toy_lasso.csv")
     assert list(t.columns) == ["lambda", "val_r2", "n_nonzero", *[f"|w|_{n}" for n in NAMES]]
@@ -84,8 +91,15 @@ def test_chip_evaluation_on_a_toy_archive(tmp_path):
     x[y == 1, :, :, 0] += 60
     period = np.where(np.arange(n) < 80, "2023-01-01_2024-01-01", "2024-01-01_2025-01-01")
     np.savez(tmp_path / "chips.npz", x=x, y=y, period=period)
-    res = evaluate_chips(tmp_path / "chips.npz", tmp_path / "out", models=("logistic",), feature_sets=("indices",),
-                         pixels_per_chip=4, score_pixels=16, folds=2)
+    res = evaluate_chips(
+        tmp_path / "chips.npz",
+        tmp_path / "out",
+        models=("logistic",),
+        feature_sets=("indices",),
+        pixels_per_chip=4,
+        score_pixels=16,
+        folds=2,
+    )
     e = res["models"]["logistic-indices"]
     assert res["test_chips"] == 40 and res["train_chips"] == 80
     assert e["chip_mean"]["auc"] == 1.0 and e["chip_mean"]["sensitivity_at_spec_0.99"] == 1.0

@@ -16,20 +16,35 @@ T = Affine(10, 0, 500000, 0, -10, 9000000)
 
 def raster(path, values, transform=T):
     a = np.asarray(values, dtype=np.float32)
-    with rasterio.open(path, "w", driver="GTiff", dtype="float32", count=1, width=a.shape[1], height=a.shape[0],
-                       crs="EPSG:32721", transform=transform, nodata=float("nan")) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        dtype="float32",
+        count=1,
+        width=a.shape[1],
+        height=a.shape[0],
+        crs="EPSG:32721",
+        transform=transform,
+        nodata=float("nan"),
+    ) as ds:
         ds.write(a, 1)
     return path
 
 
 def test_median_of_hand_made_rasters(tmp_path):
     nan = np.nan
-    p = [raster(tmp_path / f"p{i}.tif", v) for i, v in enumerate([
-        [[0.9, 0.1, nan], [0.0, 0.2, nan]],  # oldest: left out with last_n = 3
-        [[0.1, 0.8, 0.7], [0.9, 0.2, nan]],
-        [[0.2, 0.9, nan], [0.9, 0.9, nan]],
-        [[0.3, 0.7, 0.1], [0.8, 0.2, nan]],
-    ])]
+    p = [
+        raster(tmp_path / f"p{i}.tif", v)
+        for i, v in enumerate(
+            [
+                [[0.9, 0.1, nan], [0.0, 0.2, nan]],  # oldest: left out with last_n = 3
+                [[0.1, 0.8, 0.7], [0.9, 0.2, nan]],
+                [[0.2, 0.9, nan], [0.9, 0.9, nan]],
+                [[0.3, 0.7, 0.1], [0.8, 0.2, nan]],
+            ]
+        )
+    ]
     stats = temporal_median(p, tmp_path / "m.tif", last_n=3, rows=1)
     with rasterio.open(tmp_path / "m.tif") as ds:
         m = ds.read(1)
@@ -61,6 +76,22 @@ def test_grid_mismatch_and_cli(tmp_path, capsys):
     b = raster(tmp_path / "b.tif", [[0.5]], Affine(10, 0, 0, 0, -10, 0))
     with pytest.raises(InputDataError, match="b.tif: grid differs"):
         temporal_median([a, b], tmp_path / "m.tif")
-    assert run(["pixel", "temporal", "--rasters", str(a), str(a), "--out", str(tmp_path / "m.tif"),
-                "--sites-out", str(tmp_path / "s.geojson"), "--threshold", "0.5"]) == 0
+    assert (
+        run(
+            [
+                "pixel",
+                "temporal",
+                "--rasters",
+                str(a),
+                str(a),
+                "--out",
+                str(tmp_path / "m.tif"),
+                "--sites-out",
+                str(tmp_path / "s.geojson"),
+                "--threshold",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert "1 sites >= 0.5" in capsys.readouterr().out

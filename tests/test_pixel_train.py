@@ -25,7 +25,10 @@ from minescan.pixel.train import (
 
 def squares_of(tile, k):
     c0, r0, _, _ = tile.core_px()
-    return [(c0 + 100 + 40 * k, r0 + 120, c0 + 160 + 40 * k, r0 + 170), (c0 + 400, r0 + 300 + 30 * k, c0 + 440, r0 + 360 + 30 * k)]
+    return [
+        (c0 + 100 + 40 * k, r0 + 120, c0 + 160 + 40 * k, r0 + 170),
+        (c0 + 400, r0 + 300 + 30 * k, c0 + 440, r0 + 360 + 30 * k),
+    ]
 
 
 def squares_polygons(tile, squares, path):
@@ -40,7 +43,9 @@ def images(tmp_path_factory):
     d = tmp_path_factory.mktemp("pixel-images")
     tile = grid_tile()
     squares = squares_of(tile, 1)  # the same mines in every image (noise differs)
-    paths = [write_scene(d / f"img{k}.tif", [tile], squares=squares, noise_seed=k, margin_px=0) for k in range(4)]
+    paths = [
+        write_scene(d / f"img{k}.tif", [tile], squares=squares, noise_seed=k, margin_px=0) for k in range(4)
+    ]
     return paths, squares_polygons(tile, squares, d / "mines.geojson")
 
 
@@ -48,7 +53,9 @@ def images(tmp_path_factory):
 def samples(images):
     paths, polygons = images
     fs = FeatureSet("indices", SENTINEL2_BANDS)
-    return fs, PixelSamples.concat([image_samples(p, fs, polygons, "2026Q1", max_pixels=400, seed=1) for p in paths])
+    return fs, PixelSamples.concat(
+        [image_samples(p, fs, polygons, "2026Q1", max_pixels=400, seed=1) for p in paths]
+    )
 
 
 def test_samples_from_images(samples):
@@ -89,8 +96,15 @@ def test_model_file_that_would_run_code_is_refused(tmp_path):
     from sklearn.preprocessing import FunctionTransformer
 
     fs = FeatureSet("bands", ("B4", "B3", "B2"))
-    card = {"kind": "pixel", "bands": list(fs.bands), "feature_set": fs.as_card(), "window": 1,
-            "classes": ["background", "mine"], "normalisation": {}, "threshold": 0.5}
+    card = {
+        "kind": "pixel",
+        "bands": list(fs.bands),
+        "feature_set": fs.as_card(),
+        "window": 1,
+        "classes": ["background", "mine"],
+        "normalisation": {},
+        "threshold": 0.5,
+    }
     save_pixel_model(tmp_path / "evil", make_pipeline(FunctionTransformer(os.system)), card)
     with pytest.raises(ModelError, match=r"model.skops: refused, .*system"):
         load_pixel_model(tmp_path / "evil")
@@ -106,18 +120,79 @@ def test_cli_study_and_train(images, tmp_path, capsys):
     from minescan.cli import run
 
     paths, polygons = images
-    data = ["--images", *map(str, paths), "--periods", "2025", "2025", "2026", "2026", "--polygons", str(polygons),
-            "--max-pixels-per-image", "300"]
+    data = [
+        "--images",
+        *map(str, paths),
+        "--periods",
+        "2025",
+        "2025",
+        "2026",
+        "2026",
+        "--polygons",
+        str(polygons),
+        "--max-pixels-per-image",
+        "300",
+    ]
     assert run(["pixel", "study", *data, "--n-lambdas", "6", "--out", str(tmp_path / "study")]) == 0
     out = capsys.readouterr().out
     assert "bands lasso" in out and "indices logistic" in out
     assert (tmp_path / "study" / "order_indices_lasso.csv").is_file()
-    assert run(["pixel", "study", *data, "--split-year", "2025", "--feature-sets", "bands", "--n-lambdas", "4",
-                "--out", str(tmp_path / "by-year")]) == 0
+    assert (
+        run(
+            [
+                "pixel",
+                "study",
+                *data,
+                "--split-year",
+                "2025",
+                "--feature-sets",
+                "bands",
+                "--n-lambdas",
+                "4",
+                "--out",
+                str(tmp_path / "by-year"),
+            ]
+        )
+        == 0
+    )
     assert "years <= 2025" in (tmp_path / "by-year" / "study.json").read_text()
-    assert run(["pixel", "train", *data, "--feature-set", "bands", "--model", "logistic", "--folds", "2",
-                "--out", str(tmp_path / "model")]) == 0
-    assert load_pixel_model(tmp_path / "model").card["training_data"]["periods"] == ["2025", "2025", "2026", "2026"]
-    assert run(["pixel", "study", "--images", str(paths[0]), "--polygons", str(tmp_path / "nope.gpkg"),
-                "--out", str(tmp_path / "x")]) == 2
+    assert (
+        run(
+            [
+                "pixel",
+                "train",
+                *data,
+                "--feature-set",
+                "bands",
+                "--model",
+                "logistic",
+                "--folds",
+                "2",
+                "--out",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 0
+    )
+    assert load_pixel_model(tmp_path / "model").card["training_data"]["periods"] == [
+        "2025",
+        "2025",
+        "2026",
+        "2026",
+    ]
+    assert (
+        run(
+            [
+                "pixel",
+                "study",
+                "--images",
+                str(paths[0]),
+                "--polygons",
+                str(tmp_path / "nope.gpkg"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "nope.gpkg: mine polygon file not found" in capsys.readouterr().err

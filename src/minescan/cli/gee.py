@@ -215,7 +215,7 @@ def _with_redaction(func):
 
 
 def cmd_pixel_map(args) -> int:
-    """A linear pixel model's probability map of the config's region, computed and exported by Earth Engine."""
+    """A linear pixel model's probability map of the config's region, computed and exported by EE."""
     from shapely.geometry import mapping
 
     from minescan.pixel.train import load_pixel_model
@@ -297,7 +297,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("pixel-map", help="a linear pixel model's probability map of the region, computed and "
                        "exported by Earth Engine (no tile download)")
     p.add_argument("--config", required=True, help="scan config (region, source.gee composite and export)")
-    p.add_argument("--model", required=True, help="pixel model directory (minescan pixel train --model logistic)")
+    p.add_argument("--model", required=True,
+                   help="pixel model directory (minescan pixel train --model logistic)")
     p.add_argument("--period", help="composite period (default: the config's last)")
     p.add_argument("--scale-m", type=float, default=100.0, help="pixel size of the exported map in metres")
     p.add_argument("--show-expression", action="store_true",

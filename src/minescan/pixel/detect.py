@@ -50,8 +50,17 @@ def _chunks(n: int, size: int, halo: int) -> tuple[int, ...]:
     return tuple(([halo] if halo else []) + core + ([halo] if halo else []))
 
 
-def pixel_probabilities(tile_path, tile: Tile, model: PixelModel, scale: float, core_px, *,
-                        period: str | None = None, water_geoms=None, strip_cells: int = DEFAULT_STRIP_CELLS):
+def pixel_probabilities(
+    tile_path,
+    tile: Tile,
+    model: PixelModel,
+    scale: float,
+    core_px,
+    *,
+    period: str | None = None,
+    water_geoms=None,
+    strip_cells: int = DEFAULT_STRIP_CELLS,
+):
     """Lazy P(mine) (H, W) over the pixels of the cells of ``core_px``, and the cell ranges (kx, ky).
 
     Chunks are ``strip_cells * 27`` px squares aligned to the cells, so each chunk row is a strip of whole
@@ -61,8 +70,11 @@ def pixel_probabilities(tile_path, tile: Tile, model: PixelModel, scale: float, 
     fs = model.feature_set
     res = tile.grid.resolution_m
     halo = fs.halo_px(res)
-    check_halo(tile.grid, halo + STRIDE, f"the water distance of pixel model {model.path} (cap "
-               f"{fs.water_cap_m:g} m) plus a cell")
+    check_halo(
+        tile.grid,
+        halo + STRIDE,
+        f"the water distance of pixel model {model.path} (cap {fs.water_cap_m:g} m) plus a cell",
+    )
     kx, ky = cells_in_core(core_px)
     c0, c1, r0, r1 = kx.start * STRIDE, kx.stop * STRIDE, ky.start * STRIDE, ky.stop * STRIDE
     arr = open_bands(tile_path, fs.bands)
@@ -76,8 +88,10 @@ def pixel_probabilities(tile_path, tile: Tile, model: PixelModel, scale: float, 
         t = Affine(res, 0, (c0 - halo) * res, 0, -res, -(r0 - halo) * res)
         water = rasterise_mask(water_geoms, t, raw.shape[1:], chunks=chunks[1:])
     if fs.needs_month and not period:
-        raise InputDataError(f"{model.path}: the pixel model's feature set '{fs.name}' has the month feature; "
-                             "give the tile's period (--period)")
+        raise InputDataError(
+            f"{model.path}: the pixel model's feature set '{fs.name}' has the month feature; "
+            "give the tile's period (--period)"
+        )
     month = period_month(period) if fs.needs_month else None
     nodata = arr.rio.nodata if arr.rio.nodata is not None else 0
     feats = feature_array(raw, fs, scale, nodata, res, month, water, str(tile_path))
@@ -91,12 +105,18 @@ def pixel_probabilities(tile_path, tile: Tile, model: PixelModel, scale: float, 
     return prob[halo : h - halo, halo : w - halo], kx, ky
 
 
-def cell_statistics(strip: np.ndarray, threshold: float, statistic: str = "max") -> tuple[np.ndarray, np.ndarray]:
-    """Per 27 px cell of a strip (27 n, 27 m): (max or mean probability, fraction of valid pixels >= threshold);
+def cell_statistics(
+    strip: np.ndarray, threshold: float, statistic: str = "max"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per 27 px cell of a strip (27 n, 27 m): (max or mean probability, fraction of valid pixels
+    >= threshold);
     NaN for a cell without a valid pixel."""
     h, w = strip.shape
-    cells = strip.reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE).transpose(0, 2, 1, 3).reshape(
-        h // STRIDE, w // STRIDE, -1)
+    cells = (
+        strip.reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE)
+        .transpose(0, 2, 1, 3)
+        .reshape(h // STRIDE, w // STRIDE, -1)
+    )
     valid = np.isfinite(cells)
     n = valid.sum(axis=2)
     with np.errstate(invalid="ignore"):
@@ -109,14 +129,29 @@ def cell_statistics(strip: np.ndarray, threshold: float, statistic: str = "max")
 
 def _write_cog(src_path: Path, out_path) -> None:
     with rasterio.open(src_path) as src, atomic_output(out_path) as out:
-        rasterio.shutil.copy(src, out, driver="COG", compress="DEFLATE", predictor=3, blocksize=256,
-                             overviews="NONE")
+        rasterio.shutil.copy(
+            src, out, driver="COG", compress="DEFLATE", predictor=3, blocksize=256, overviews="NONE"
+        )
 
 
-def run_pixel_detect(tile_path, tile: Tile, quadrant: str, model: PixelModel, region_lonlat, scale: float,
-                     threshold: float | None, prob_out, candidates_out, on_empty: str = "error", *,
-                     period: str | None = None, water_geoms=None, strip_cells: int = DEFAULT_STRIP_CELLS,
-                     core_px=None, workers: int = 2) -> dict:
+def run_pixel_detect(
+    tile_path,
+    tile: Tile,
+    quadrant: str,
+    model: PixelModel,
+    region_lonlat,
+    scale: float,
+    threshold: float | None,
+    prob_out,
+    candidates_out,
+    on_empty: str = "error",
+    *,
+    period: str | None = None,
+    water_geoms=None,
+    strip_cells: int = DEFAULT_STRIP_CELLS,
+    core_px=None,
+    workers: int = 2,
+) -> dict:
     """The detect job of one quadrant with a pixel model (see the module docstring for the outputs)."""
     import dask
 
@@ -126,19 +161,40 @@ def run_pixel_detect(tile_path, tile: Tile, quadrant: str, model: PixelModel, re
     statistic = model.card.get("cell_statistic", "max")
     with open_tile(tile_path, tile):  # checks the tile's georeferencing against the grid
         pass
-    prob, kx, ky = pixel_probabilities(tile_path, tile, model, scale, core_px or tile.quadrant_core_px(quadrant),
-                                       period=period, water_geoms=water_geoms, strip_cells=strip_cells)
+    prob, kx, ky = pixel_probabilities(
+        tile_path,
+        tile,
+        model,
+        scale,
+        core_px or tile.quadrant_core_px(quadrant),
+        period=period,
+        water_geoms=water_geoms,
+        strip_cells=strip_cells,
+    )
     res = tile.grid.resolution_m
     cell_prob = np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
     cell_frac = cell_prob.copy()
     prob10 = Path(prob_out).with_name(PIXEL_PROB_FILE)
     tmp10 = tmp_path_for(prob10.with_name("probability_10m_strips.tif"))
     tmp10.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": prob.shape[0], "width": prob.shape[1],
-               "crs": tile.crs, "nodata": float("nan"), "tiled": True, "blockxsize": 256, "blockysize": 256,
-               "transform": Affine(res, 0, kx.start * STRIDE * res, 0, -res, -ky.start * STRIDE * res)}
+    profile = {
+        "driver": "GTiff",
+        "dtype": "float32",
+        "count": 1,
+        "height": prob.shape[0],
+        "width": prob.shape[1],
+        "crs": tile.crs,
+        "nodata": float("nan"),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "transform": Affine(res, 0, kx.start * STRIDE * res, 0, -res, -ky.start * STRIDE * res),
+    }
     try:
-        with rasterio.open(tmp10, "w", **profile) as dst, dask.config.set(scheduler="threads", num_workers=workers):
+        with (
+            rasterio.open(tmp10, "w", **profile) as dst,
+            dask.config.set(scheduler="threads", num_workers=workers),
+        ):
             dst.descriptions = ("mine_probability",)
             row = 0
             for n in prob.chunks[0]:
@@ -148,8 +204,9 @@ def run_pixel_detect(tile_path, tile: Tile, quadrant: str, model: PixelModel, re
                 cell_prob[row // STRIDE : (row + n) // STRIDE] = s
                 cell_frac[row // STRIDE : (row + n) // STRIDE] = f
                 row += n
-            dst.update_tags(TILE=tile.name, QUADRANT=quadrant, MODEL=model.card.get("name", ""),
-                            THRESHOLD=str(threshold))
+            dst.update_tags(
+                TILE=tile.name, QUADRANT=quadrant, MODEL=model.card.get("name", ""), THRESHOLD=str(threshold)
+            )
         n_valid = int(np.isfinite(cell_prob).sum())
         if n_valid == 0:
             msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
@@ -162,17 +219,35 @@ def run_pixel_detect(tile_path, tile: Tile, quadrant: str, model: PixelModel, re
             tmp10.unlink()
     from minescan.models.store import model_fingerprint
 
-    meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
-            "MODEL_VERSION": model_fingerprint(model.path), "THRESHOLD": threshold,
-            "CELL_STATISTIC": statistic}
+    meta = {
+        "TILE": tile.name,
+        "QUADRANT": quadrant,
+        "MODEL": model.card.get("name", ""),
+        "MODEL_VERSION": model_fingerprint(model.path),
+        "THRESHOLD": threshold,
+        "CELL_STATISTIC": statistic,
+    }
     write_probability_raster(prob_out, cell_prob, kx, ky, tile, meta)
-    write_probability_raster(Path(prob_out).with_name(FRACTION_FILE), cell_frac, kx, ky, tile,
-                             {**meta, "BAND": "fraction of pixels >= threshold"})
+    write_probability_raster(
+        Path(prob_out).with_name(FRACTION_FILE),
+        cell_frac,
+        kx,
+        ky,
+        tile,
+        {**meta, "BAND": "fraction of pixels >= threshold"},
+    )
     cands = candidates_table(cell_prob, kx, ky, tile, quadrant, region_lonlat, threshold)[CANDIDATE_COLUMNS]
     with atomic_output(candidates_out) as tmp:
         cands.to_csv(tmp, index=False)
-    log.info("%s %s (pixel model): %d cells, %d valid, %d candidates >= %.2f", tile.name, quadrant,
-             cell_prob.size, n_valid, len(cands), threshold)
+    log.info(
+        "%s %s (pixel model): %d cells, %d valid, %d candidates >= %.2f",
+        tile.name,
+        quadrant,
+        cell_prob.size,
+        n_valid,
+        len(cands),
+        threshold,
+    )
     return {"cells": int(cell_prob.size), "valid_cells": n_valid, "candidates": len(cands)}
 
 
@@ -188,7 +263,18 @@ def cmd_detect_pixel(args) -> int:
     if args.impact_model:
         log.info("pixel model: candidates are rated by the classify job, not here")
     water = polygons_in_crs(args.water, tile.crs) if args.water and model.feature_set.needs_water else None
-    run_pixel_detect(args.tile_path, tile, args.quadrant, model, read_region(args.region, args.region_layer),
-                     args.scale, args.threshold, args.prob_out, args.candidates_out, args.on_empty,
-                     period=args.period, water_geoms=water)
+    run_pixel_detect(
+        args.tile_path,
+        tile,
+        args.quadrant,
+        model,
+        read_region(args.region, args.region_layer),
+        args.scale,
+        args.threshold,
+        args.prob_out,
+        args.candidates_out,
+        args.on_empty,
+        period=args.period,
+        water_geoms=water,
+    )
     return 0

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def sensitivity_at_specificity(y, score, specificity: float = 0.99) -> tuple[float, float]:
-    """(sensitivity, threshold): the best sensitivity of a threshold whose specificity is >= ``specificity``."""
+    """(sensitivity, threshold): the best sensitivity of a threshold with specificity >= ``specificity``."""
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(y, score)
@@ -53,9 +53,19 @@ def chip_scores(model, x: np.ndarray, fs: FeatureSet, score_pixels: int = 256, s
     return mean, p90
 
 
-def evaluate_chips(npz_path, out_dir, *, test_year: int = 2024, models=("logistic", "forest"),
-                   feature_sets=("bands", "indices"), pixels_per_chip: int = 8, score_pixels: int = 256,
-                   folds: int = 3, precision_floor: float = 0.5, seed: int = 0) -> dict:
+def evaluate_chips(
+    npz_path,
+    out_dir,
+    *,
+    test_year: int = 2024,
+    models=("logistic", "forest"),
+    feature_sets=("bands", "indices"),
+    pixels_per_chip: int = 8,
+    score_pixels: int = 256,
+    folds: int = 3,
+    precision_floor: float = 0.5,
+    seed: int = 0,
+) -> dict:
     """Train each (model, feature set) on chips of other years (undated included), test on ``test_year``."""
     from sklearn.metrics import roc_auc_score
 
@@ -63,25 +73,42 @@ def evaluate_chips(npz_path, out_dir, *, test_year: int = 2024, models=("logisti
     arch = load_chips(npz_path)
     test = arch["year"] == test_year
     y_test = arch["y"][test].astype(int)
-    result = {"chips": str(npz_path), "test_year": test_year,
-              "train_chips": int((~test).sum()), "test_chips": int(test.sum()),
-              "test_mines": int(y_test.sum()), "pixels_per_train_chip": pixels_per_chip,
-              "score_pixels_per_test_chip": score_pixels, "models": {}}
+    result = {
+        "chips": str(npz_path),
+        "test_year": test_year,
+        "train_chips": int((~test).sum()),
+        "test_chips": int(test.sum()),
+        "test_mines": int(y_test.sum()),
+        "pixels_per_train_chip": pixels_per_chip,
+        "score_pixels_per_test_chip": score_pixels,
+        "models": {},
+    }
     for set_name in feature_sets:
         fs = FeatureSet(set_name, CHIP_BANDS)
         samples, _ = chip_samples(npz_path, fs, pixels_per_chip, seed, select=~test)
         for model in models:
             key = f"{model}-{set_name}"
-            card = train_pixel_model(samples, fs, out_dir / key, model=model, precision_floor=precision_floor,
-                                     folds=folds, seed=seed, provenance={"chips": str(npz_path),
-                                                                         "train": f"years != {test_year}"})
+            card = train_pixel_model(
+                samples,
+                fs,
+                out_dir / key,
+                model=model,
+                precision_floor=precision_floor,
+                folds=folds,
+                seed=seed,
+                provenance={"chips": str(npz_path), "train": f"years != {test_year}"},
+            )
             m = load_pixel_model(out_dir / key)
             entry = {"cv": card["metrics"]["cv"], "grid_best": card["metrics"]["grid"]["best"]}
-            for stat, score in zip(("mean", "p90"), chip_scores(m, arch["x"][test], fs, score_pixels, seed),
-                                   strict=True):
+            for stat, score in zip(
+                ("mean", "p90"), chip_scores(m, arch["x"][test], fs, score_pixels, seed), strict=True
+            ):
                 sens, thr = sensitivity_at_specificity(y_test, score)
-                entry[f"chip_{stat}"] = {"auc": round(float(roc_auc_score(y_test, score)), 4),
-                                         "sensitivity_at_spec_0.99": round(sens, 4), "threshold": round(thr, 6)}
+                entry[f"chip_{stat}"] = {
+                    "auc": round(float(roc_auc_score(y_test, score)), 4),
+                    "sensitivity_at_spec_0.99": round(sens, 4),
+                    "threshold": round(thr, 6),
+                }
             log.info("%s: %s", key, entry)
             result["models"][key] = entry
     atomic_write_text(out_dir / "chips_eval.json", json.dumps(result, indent=2, sort_keys=True) + "\n")

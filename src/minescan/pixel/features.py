@@ -36,9 +36,16 @@ from minescan.periods import PERIOD_RE, period_dates
 # Three of the usual names are the same band pair as another (a linear model gets each pair once):
 # NDSI (snow) = MNDWI, GNDVI = -NDWI, NDBI = -NDMI (INDEX_ALIASES).
 ND_INDICES = {
-    "NDVI": ("B8", "B4"), "NDRE": ("B8", "B5"), "NDMI": ("B8", "B11"), "NDWI": ("B3", "B8"),
-    "MNDWI": ("B3", "B11"), "NBR": ("B8", "B12"), "NBR2": ("B11", "B12"), "NDVI705": ("B6", "B5"),
-    "NDTI": ("B4", "B3"), "AMWI": ("B4", "B2"),
+    "NDVI": ("B8", "B4"),
+    "NDRE": ("B8", "B5"),
+    "NDMI": ("B8", "B11"),
+    "NDWI": ("B3", "B8"),
+    "MNDWI": ("B3", "B11"),
+    "NBR": ("B8", "B12"),
+    "NBR2": ("B11", "B12"),
+    "NDVI705": ("B6", "B5"),
+    "NDTI": ("B4", "B3"),
+    "AMWI": ("B4", "B2"),
 }
 INDEX_ALIASES = {"NDSI": "MNDWI", "GNDVI": "-NDWI", "NDBI": "-NDMI"}
 # Named indices that are ratios, not normalised differences: name -> (numerator, denominator).
@@ -80,7 +87,9 @@ class FeatureSet:
         if self.name not in SET_GROUPS:
             raise ModelError(f"unknown feature set '{self.name}' (known: {', '.join(SET_GROUPS)})")
         if len(set(self.bands)) != len(self.bands) or not self.bands:
-            raise ModelError(f"feature set '{self.name}': bands must be distinct and non-empty ({self.bands})")
+            raise ModelError(
+                f"feature set '{self.name}': bands must be distinct and non-empty ({self.bands})"
+            )
         groups = SET_GROUPS[self.name]
         names = list(self.bands) if "bands" in groups else []
         if "differences" in groups:
@@ -106,19 +115,25 @@ class FeatureSet:
         return int(math.ceil(self.water_cap_m / resolution_m)) if self.needs_water else 0
 
     def as_card(self) -> dict:
-        return {"name": self.name, "bands": list(self.bands), "water_cap_m": self.water_cap_m,
-                "features": list(self.features)}
+        return {
+            "name": self.name,
+            "bands": list(self.bands),
+            "water_cap_m": self.water_cap_m,
+            "features": list(self.features),
+        }
 
     @classmethod
     def from_card(cls, d: dict, source: str = "model card") -> FeatureSet:
-        """The feature set a card records; refuses one whose feature list this version computes differently."""
+        """The feature set a card records; refuses one whose feature list this version computes otherwise."""
         try:
             fs = cls(d["name"], tuple(d["bands"]), float(d.get("water_cap_m", DEFAULT_WATER_CAP_M)))
         except (KeyError, TypeError) as exc:
             raise ModelError(f"{source}: 'feature_set' is malformed ({exc})") from exc
         if list(fs.features) != list(d.get("features", fs.features)):
-            raise ModelError(f"{source}: feature set '{fs.name}' lists features {d.get('features')}, but this "
-                             f"minescan computes {list(fs.features)}")
+            raise ModelError(
+                f"{source}: feature set '{fs.name}' lists features {d.get('features')}, but this "
+                f"minescan computes {list(fs.features)}"
+            )
         return fs
 
 
@@ -145,7 +160,9 @@ def normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(s != 0, (a - b) / np.where(s != 0, s, 1), 0).astype(np.float32)
 
 
-def water_mask_from_indices(refl: dict[str, np.ndarray], valid: np.ndarray, source: str = "raster") -> np.ndarray:
+def water_mask_from_indices(
+    refl: dict[str, np.ndarray], valid: np.ndarray, source: str = "raster"
+) -> np.ndarray:
     """Water where MNDWI > 0 (B3, B11), else where NDWI > 0 (B3, B8), on valid pixels."""
     for a, b in (ND_INDICES["MNDWI"], ND_INDICES["NDWI"]):
         if a in refl and b in refl:
@@ -164,17 +181,26 @@ def water_distance(water: np.ndarray, resolution_m: float, cap_m: float) -> np.n
     return np.minimum(d, cap_m).astype(np.float32)
 
 
-def compute_features(raw: np.ndarray, fs: FeatureSet, scale: float, nodata: float | None,
-                     resolution_m: float = 10.0, month: float | None = None, water: np.ndarray | None = None,
-                     source: str = "raster") -> np.ndarray:
+def compute_features(
+    raw: np.ndarray,
+    fs: FeatureSet,
+    scale: float,
+    nodata: float | None,
+    resolution_m: float = 10.0,
+    month: float | None = None,
+    water: np.ndarray | None = None,
+    source: str = "raster",
+) -> np.ndarray:
     """Features (F, H, W) float32 of raw band values (B, H, W) in ``fs.bands`` order; NaN on nodata pixels.
 
     ``water`` (H, W bool) is the rasterised water layer, if any; without it the water distance uses the
     MNDWI mask of the pixels themselves. ``month`` (1..12) is needed when the set has the month features."""
     raw = np.asarray(raw)
     if raw.shape[0] != len(fs.bands):
-        raise BandMismatchError(f"{source}: {raw.shape[0]} bands given, feature set '{fs.name}' needs "
-                                f"{len(fs.bands)} ({', '.join(fs.bands)})")
+        raise BandMismatchError(
+            f"{source}: {raw.shape[0]} bands given, feature set '{fs.name}' needs "
+            f"{len(fs.bands)} ({', '.join(fs.bands)})"
+        )
     valid = np.ones(raw.shape[1:], dtype=bool) if nodata is None else np.all(raw != nodata, axis=0)
     refl = {b: raw[i].astype(np.float32) * np.float32(scale) for i, b in enumerate(fs.bands)}
     out = np.empty((len(fs.features), *raw.shape[1:]), dtype=np.float32)
@@ -190,11 +216,17 @@ def compute_features(raw: np.ndarray, fs: FeatureSet, scale: float, nodata: floa
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[i] = np.where(refl[b] != 0, refl[a] / np.where(refl[b] != 0, refl[b], 1), 0)
         elif name == WATER_FEATURE:
-            mask = np.asarray(water, dtype=bool) if water is not None else water_mask_from_indices(refl, valid, source)
+            mask = (
+                np.asarray(water, dtype=bool)
+                if water is not None
+                else water_mask_from_indices(refl, valid, source)
+            )
             out[i] = water_distance(mask, resolution_m, fs.water_cap_m)
         elif name in MONTH_FEATURES:
             if month is None:
-                raise InputDataError(f"{source}: feature set '{fs.name}' needs the composite's month (its period)")
+                raise InputDataError(
+                    f"{source}: feature set '{fs.name}' needs the composite's month (its period)"
+                )
             out[i] = month_encoding(month)[MONTH_FEATURES.index(name)]
         else:  # pragma: no cover - FeatureSet only lists the names above
             raise ModelError(f"unknown feature '{name}'")
@@ -219,15 +251,29 @@ def open_bands(path, bands: list[str] | tuple[str, ...], chunk_blocks: int = 1, 
         raise InputDataError(f"{path}: cannot be opened as a GeoTIFF ({exc})") from exc
     missing = [b for b in bands if b not in names]
     if missing:
-        raise BandMismatchError(f"{path}: band(s) {', '.join(missing)} missing (the file has "
-                                f"{', '.join(n or '?' for n in names)})")
-    da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": bh * chunk_blocks, "x": bw * chunk_blocks},
-                                 lock=False, mask_and_scale=False)
+        raise BandMismatchError(
+            f"{path}: band(s) {', '.join(missing)} missing (the file has "
+            f"{', '.join(n or '?' for n in names)})"
+        )
+    da = rioxarray.open_rasterio(
+        path,
+        chunks={"band": -1, "y": bh * chunk_blocks, "x": bw * chunk_blocks},
+        lock=False,
+        mask_and_scale=False,
+    )
     return da.isel(band=[names.index(b) for b in bands])
 
 
-def feature_array(raw, fs: FeatureSet, scale: float, nodata: float | None, resolution_m: float = 10.0,
-                  month: float | None = None, water=None, source: str = "raster"):
+def feature_array(
+    raw,
+    fs: FeatureSet,
+    scale: float,
+    nodata: float | None,
+    resolution_m: float = 10.0,
+    month: float | None = None,
+    water=None,
+    source: str = "raster",
+):
     """Lazy features (F, H, W) of a dask array of raw bands (B, H, W), computed chunk by chunk.
 
     Equal to :func:`compute_features` of the whole array: chunks overlap by the set's halo (water distance)
@@ -244,8 +290,12 @@ def feature_array(raw, fs: FeatureSet, scale: float, nodata: float | None, resol
 
     args = [raw] if water is None else [raw, water[None].rechunk({0: 1})]
     if halo == 0:
-        return da.map_blocks(lambda r, w=None: block(r, None if w is None else w[0]), *args,
-                             chunks=((f,), *raw.chunks[1:]), dtype=np.float32)
+        return da.map_blocks(
+            lambda r, w=None: block(r, None if w is None else w[0]),
+            *args,
+            chunks=((f,), *raw.chunks[1:]),
+            dtype=np.float32,
+        )
     small = min(min(c) for c in raw.chunks[1:])
     if small < halo:  # overlap needs chunks at least as large as its depth
         size = max(halo, max(max(c) for c in raw.chunks[1:]))
@@ -253,8 +303,12 @@ def feature_array(raw, fs: FeatureSet, scale: float, nodata: float | None, resol
         args = [raw] if water is None else [raw, water[None].rechunk({0: 1, 1: size, 2: size})]
     depth = {0: 0, 1: halo, 2: halo}
     over = [da.overlap.overlap(a, depth=depth, boundary="none") for a in args]
-    out = da.map_blocks(lambda r, w=None: block(r, None if w is None else w[0]), *over,
-                        chunks=((f,), *over[0].chunks[1:]), dtype=np.float32)
+    out = da.map_blocks(
+        lambda r, w=None: block(r, None if w is None else w[0]),
+        *over,
+        chunks=((f,), *over[0].chunks[1:]),
+        dtype=np.float32,
+    )
     return da.overlap.trim_internal(out, depth, boundary="none")
 
 
@@ -270,7 +324,9 @@ def rasterise_mask(geoms, transform, shape: tuple[int, int], chunks=None):
     def burn(shape_, t):
         if not geoms:
             return np.zeros(shape_, dtype=bool)
-        return rasterize(geoms, out_shape=shape_, transform=t, fill=0, default_value=1, dtype="uint8").astype(bool)
+        return rasterize(geoms, out_shape=shape_, transform=t, fill=0, default_value=1, dtype="uint8").astype(
+            bool
+        )
 
     if chunks is None:
         return burn(shape, transform)

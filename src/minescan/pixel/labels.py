@@ -59,8 +59,14 @@ def polygons_in_crs(path, crs, layer: str | None = None):
     return geoms
 
 
-def pixel_labels(geoms, transform, shape: tuple[int, int], resolution_m: float, exclude_m: float = 0.0,
-                 cap_m: float | None = None) -> PixelLabels:
+def pixel_labels(
+    geoms,
+    transform,
+    shape: tuple[int, int],
+    resolution_m: float,
+    exclude_m: float = 0.0,
+    cap_m: float | None = None,
+) -> PixelLabels:
     """Labels on the grid (``transform``, ``shape``) of mine polygons ``geoms`` (in the grid's CRS)."""
     inside = rasterise_mask(geoms, transform, shape)
     d = signed_distance(inside, resolution_m, cap_m)

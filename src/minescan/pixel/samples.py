@@ -33,17 +33,35 @@ class PixelSamples:
     def concat(parts: list[PixelSamples]) -> PixelSamples:
         if not parts:
             raise InputDataError("no training pixels")
-        return PixelSamples(parts[0].features, *(np.concatenate([getattr(p, k) for p in parts])
-                                                 for k in ("X", "distance_m", "mine", "group", "year")))
+        return PixelSamples(
+            parts[0].features,
+            *(
+                np.concatenate([getattr(p, k) for p in parts])
+                for k in ("X", "distance_m", "mine", "group", "year")
+            ),
+        )
 
     def subset(self, idx) -> PixelSamples:
-        return PixelSamples(self.features, self.X[idx], self.distance_m[idx], self.mine[idx], self.group[idx],
-                            self.year[idx])
+        return PixelSamples(
+            self.features, self.X[idx], self.distance_m[idx], self.mine[idx], self.group[idx], self.year[idx]
+        )
 
 
-def image_samples(path, fs: FeatureSet, polygons, period: str | None = None, *, max_pixels: int = 20000,
-                  seed: int = 0, exclude_m: float = 0.0, scale: float = 1e-4, nodata: float | None = 0,
-                  water_polygons=None, distance_cap_m: float = 2000.0, group: str | None = None) -> PixelSamples:
+def image_samples(
+    path,
+    fs: FeatureSet,
+    polygons,
+    period: str | None = None,
+    *,
+    max_pixels: int = 20000,
+    seed: int = 0,
+    exclude_m: float = 0.0,
+    scale: float = 1e-4,
+    nodata: float | None = 0,
+    water_polygons=None,
+    distance_cap_m: float = 2000.0,
+    group: str | None = None,
+) -> PixelSamples:
     """Up to ``max_pixels`` labelled pixels of one GeoTIFF (at most half of them mine pixels, drawn first).
 
     ``polygons``/``water_polygons`` are vector files (reprojected to the image's CRS). Features are computed
@@ -59,28 +77,43 @@ def image_samples(path, fs: FeatureSet, polygons, period: str | None = None, *, 
     if water_polygons is not None and fs.needs_water:
         from minescan.pixel.features import rasterise_mask
 
-        water = rasterise_mask(polygons_in_crs(water_polygons, crs), transform, shape, chunks=arr.data.chunks[1:])
+        water = rasterise_mask(
+            polygons_in_crs(water_polygons, crs), transform, shape, chunks=arr.data.chunks[1:]
+        )
     month = period_month(period) if period else None
     feats = feature_array(arr.data, fs, scale, nodata, res, month, water, str(path))
     rng = np.random.default_rng(seed)
     mine_idx = np.flatnonzero(labels.mine.ravel() == 1)
     other_idx = np.flatnonzero(labels.mine.ravel() == 0)
     n_mine = min(len(mine_idx), max_pixels // 2)
-    pick = np.concatenate([rng.choice(mine_idx, n_mine, replace=False),
-                           rng.choice(other_idx, min(len(other_idx), max_pixels - n_mine), replace=False)])
+    pick = np.concatenate(
+        [
+            rng.choice(mine_idx, n_mine, replace=False),
+            rng.choice(other_idx, min(len(other_idx), max_pixels - n_mine), replace=False),
+        ]
+    )
     pick.sort()
     rows, cols = np.unravel_index(pick, shape)
-    X = np.asarray(feats.vindex[:, rows, cols].compute() if hasattr(feats, "vindex") else feats[:, rows, cols])
+    X = np.asarray(
+        feats.vindex[:, rows, cols].compute() if hasattr(feats, "vindex") else feats[:, rows, cols]
+    )
     X = X.T if X.shape[0] == len(fs.features) and X.shape[1] == len(pick) else X
     ok = np.all(np.isfinite(X), axis=1)
     year = int(period[:4]) if period else 0
     name = group or Path(path).name
-    return PixelSamples(list(fs.features), X[ok].astype(np.float32), labels.distance_m.ravel()[pick][ok],
-                        labels.mine.ravel()[pick][ok], np.full(ok.sum(), name), np.full(ok.sum(), year))
+    return PixelSamples(
+        list(fs.features),
+        X[ok].astype(np.float32),
+        labels.distance_m.ravel()[pick][ok],
+        labels.mine.ravel()[pick][ok],
+        np.full(ok.sum(), name),
+        np.full(ok.sum(), year),
+    )
 
 
-def chip_samples(npz_path, fs: FeatureSet, pixels_per_chip: int = 16, seed: int = 0,
-                 select: np.ndarray | None = None) -> tuple[PixelSamples, dict]:
+def chip_samples(
+    npz_path, fs: FeatureSet, pixels_per_chip: int = 16, seed: int = 0, select: np.ndarray | None = None
+) -> tuple[PixelSamples, dict]:
     """Pixels of a labelled RGB chip archive (x uint8 (N, h, w, 3) R,G,B; y 0/1 per chip; period).
 
     Every pixel of a chip takes the chip's label (mine chips are centred on a mine but hold background too:
@@ -99,8 +132,14 @@ def chip_samples(npz_path, fs: FeatureSet, pixels_per_chip: int = 16, seed: int 
         parts_g.append(np.full(len(pick), f"chip{i}"))
         parts_year.append(np.full(len(pick), arch["year"][i]))
     X = np.concatenate(parts_X).astype(np.float32)
-    return PixelSamples(list(fs.features), X, np.full(len(X), np.nan, np.float32), np.concatenate(parts_y),
-                        np.concatenate(parts_g), np.concatenate(parts_year)), arch
+    return PixelSamples(
+        list(fs.features),
+        X,
+        np.full(len(X), np.nan, np.float32),
+        np.concatenate(parts_y),
+        np.concatenate(parts_g),
+        np.concatenate(parts_year),
+    ), arch
 
 
 def chip_features(chip_u8: np.ndarray, fs: FeatureSet) -> np.ndarray:

@@ -49,24 +49,42 @@ def temporal_median(paths: list, out, last_n: int | None = None, rows: int = 512
                 raise InputDataError(f"{p}: cannot be opened as a raster ({exc})") from exc
         ref = dss[0]
         for p, ds in zip(paths[1:], dss[1:], strict=True):
-            if (ds.crs, ds.width, ds.height) != (ref.crs, ref.width, ref.height) or \
-                    not ds.transform.almost_equals(ref.transform):
-                raise InputDataError(f"{p}: grid differs from {paths[0]} (CRS, size or transform); the temporal "
-                                     "median needs rasters of the same place on the same grid")
-        profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": ref.height, "width": ref.width,
-                   "crs": ref.crs, "transform": ref.transform, "nodata": float("nan"), "tiled": True,
-                   "blockxsize": 256, "blockysize": 256}
+            if (ds.crs, ds.width, ds.height) != (
+                ref.crs,
+                ref.width,
+                ref.height,
+            ) or not ds.transform.almost_equals(ref.transform):
+                raise InputDataError(
+                    f"{p}: grid differs from {paths[0]} (CRS, size or transform); the temporal "
+                    "median needs rasters of the same place on the same grid"
+                )
+        profile = {
+            "driver": "GTiff",
+            "dtype": "float32",
+            "count": 1,
+            "height": ref.height,
+            "width": ref.width,
+            "crs": ref.crs,
+            "transform": ref.transform,
+            "nodata": float("nan"),
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+        }
         tmp = tmp_path_for(Path(out).with_name(Path(out).stem + "_strips.tif"))
         tmp.parent.mkdir(parents=True, exist_ok=True)
         valid = 0
         try:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.descriptions = ("median_mine_probability",)
-                dst.update_tags(PERIODS=str(len(paths)), SOURCES=" ".join(p.parent.name + "/" + p.name for p in paths))
+                dst.update_tags(
+                    PERIODS=str(len(paths)), SOURCES=" ".join(p.parent.name + "/" + p.name for p in paths)
+                )
                 for r0 in range(0, ref.height, rows):
                     win = Window(0, r0, ref.width, min(rows, ref.height - r0))
-                    stack = np.stack([ds.read(1, window=win, masked=True).filled(np.nan).astype(np.float32)
-                                      for ds in dss])
+                    stack = np.stack(
+                        [ds.read(1, window=win, masked=True).filled(np.nan).astype(np.float32) for ds in dss]
+                    )
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
                         med = np.nanmedian(stack, axis=0).astype(np.float32)
@@ -107,13 +125,26 @@ def temporal_sites(median_path, threshold: float, out=None):
     mean = ndimage.mean(vals, lab, idx) if n else []
     top = ndimage.maximum(vals, lab, idx) if n else []
     px_area = abs(transform.a * transform.e) / 1e4
-    recs = [{"site": int(k), "pixels": int(c), "area_ha": round(float(c) * px_area, 4),
-             "mean_probability": round(float(m), 6), "max_probability": round(float(t), 6),
-             "geometry": unary_union(by_id[int(k)])}
-            for k, c, m, t in zip(idx, count, mean, top, strict=True)]
-    gdf = gpd.GeoDataFrame(recs, geometry="geometry", crs=crs) if recs else \
-        gpd.GeoDataFrame({"site": [], "pixels": [], "area_ha": [], "mean_probability": [], "max_probability": []},
-                         geometry=[], crs=crs)
+    recs = [
+        {
+            "site": int(k),
+            "pixels": int(c),
+            "area_ha": round(float(c) * px_area, 4),
+            "mean_probability": round(float(m), 6),
+            "max_probability": round(float(t), 6),
+            "geometry": unary_union(by_id[int(k)]),
+        }
+        for k, c, m, t in zip(idx, count, mean, top, strict=True)
+    ]
+    gdf = (
+        gpd.GeoDataFrame(recs, geometry="geometry", crs=crs)
+        if recs
+        else gpd.GeoDataFrame(
+            {"site": [], "pixels": [], "area_ha": [], "mean_probability": [], "max_probability": []},
+            geometry=[],
+            crs=crs,
+        )
+    )
     if out is not None:
         from minescan.vector_io import write_vector
 
@@ -129,5 +160,10 @@ def pixel_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
     tp = int((pred & t).sum())
     fp = int((pred & ~t).sum())
     fn = int((~pred & t).sum())
-    return {"precision": round(tp / (tp + fp), 4) if tp + fp else None,
-            "recall": round(tp / (tp + fn), 4) if tp + fn else None, "tp": tp, "fp": fp, "fn": fn}
+    return {
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }

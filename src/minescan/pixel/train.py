@@ -72,18 +72,48 @@ def _pipeline(model: str, seed: int):
     from sklearn.preprocessing import StandardScaler
 
     if model == "forest":
-        return Pipeline([("clf", RandomForestClassifier(n_estimators=100, class_weight="balanced", n_jobs=1,
-                                                        random_state=seed))]), FOREST_GRID
+        return Pipeline(
+            [
+                (
+                    "clf",
+                    RandomForestClassifier(
+                        n_estimators=100, class_weight="balanced", n_jobs=1, random_state=seed
+                    ),
+                )
+            ]
+        ), FOREST_GRID
     if model == "logistic":
-        return Pipeline([("scale", StandardScaler()),
-                         ("clf", LogisticRegression(l1_ratio=1.0, solver="liblinear", class_weight="balanced",
-                                                    max_iter=2000, random_state=seed))]), LOGISTIC_GRID
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                (
+                    "clf",
+                    LogisticRegression(
+                        l1_ratio=1.0,
+                        solver="liblinear",
+                        class_weight="balanced",
+                        max_iter=2000,
+                        random_state=seed,
+                    ),
+                ),
+            ]
+        ), LOGISTIC_GRID
     raise ModelError(f"unknown pixel model '{model}' (forest or logistic)")
 
 
-def train_pixel_model(samples: PixelSamples, fs: FeatureSet, out_dir, *, model: str = "forest",
-                      precision_floor: float = 0.5, folds: int = 3, group_by: str = "image", seed: int = 0,
-                      provenance: dict | None = None, name: str | None = None) -> dict:
+def train_pixel_model(
+    samples: PixelSamples,
+    fs: FeatureSet,
+    out_dir,
+    *,
+    model: str = "forest",
+    precision_floor: float = 0.5,
+    folds: int = 3,
+    group_by: str = "image",
+    seed: int = 0,
+    provenance: dict | None = None,
+    name: str | None = None,
+) -> dict:
     """Grid search (grouped CV, recall at ``precision_floor``), refit on all pixels, write the directory."""
     from sklearn.metrics import make_scorer, roc_auc_score
     from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_predict
@@ -98,35 +128,64 @@ def train_pixel_model(samples: PixelSamples, fs: FeatureSet, out_dir, *, model: 
     if len(np.unique(groups)) < folds:
         raise InputDataError(f"{len(np.unique(groups))} {group_by} groups for {folds} folds; lower --folds")
     pipe, grid = _pipeline(model, seed)
-    scorer = make_scorer(lambda yt, p: recall_at_precision(yt, p, precision_floor)[0],
-                         response_method="predict_proba")
+    scorer = make_scorer(
+        lambda yt, p: recall_at_precision(yt, p, precision_floor)[0], response_method="predict_proba"
+    )
     cv = GroupKFold(n_splits=folds)
     search = GridSearchCV(pipe, grid, scoring=scorer, cv=cv, refit=True, n_jobs=1)
     search.fit(X, y, groups=groups)
     oof = cross_val_predict(search.best_estimator_, X, y, groups=groups, cv=cv, method="predict_proba")[:, 1]
     recall, precision, threshold = recall_at_precision(y, oof, precision_floor)
     card = {
-        "kind": "pixel", "name": name or Path(out_dir).name, "estimator": model,
+        "kind": "pixel",
+        "name": name or Path(out_dir).name,
+        "estimator": model,
         "architecture": f"scikit-learn {type(search.best_estimator_[-1]).__name__} on per-pixel features",
-        "bands": list(fs.bands), "feature_set": fs.as_card(), "window": 1, "stride": 1,
-        "classes": ["background", "mine"], "positive_class": "mine", "threshold": round(threshold, 6),
+        "bands": list(fs.bands),
+        "feature_set": fs.as_card(),
+        "window": 1,
+        "stride": 1,
+        "classes": ["background", "mine"],
+        "positive_class": "mine",
+        "threshold": round(threshold, 6),
         "cell_statistic": "max",
-        "normalisation": {"note": "features from reflectance (tile value x reflectance_scale); any scaling is "
-                                  "inside the pipeline"},
-        "metrics": {"cv": {"folds": folds, "groups": group_by, "precision_floor": precision_floor,
-                           "recall": round(recall, 4), "precision": round(precision, 4),
-                           "auc": round(float(roc_auc_score(y, oof)), 4), "pixels": int(len(y)),
-                           "mine_pixels": int(y.sum()), "groups_n": int(len(np.unique(groups)))},
-                    "grid": {"params": {k: [_plain(v) for v in vs] for k, vs in grid.items()},
-                             "best": {k: _plain(v) for k, v in search.best_params_.items()},
-                             "best_cv_recall_at_floor": round(float(search.best_score_), 4)}},
+        "normalisation": {
+            "note": "features from reflectance (tile value x reflectance_scale); any scaling is "
+            "inside the pipeline"
+        },
+        "metrics": {
+            "cv": {
+                "folds": folds,
+                "groups": group_by,
+                "precision_floor": precision_floor,
+                "recall": round(recall, 4),
+                "precision": round(precision, 4),
+                "auc": round(float(roc_auc_score(y, oof)), 4),
+                "pixels": int(len(y)),
+                "mine_pixels": int(y.sum()),
+                "groups_n": int(len(np.unique(groups))),
+            },
+            "grid": {
+                "params": {k: [_plain(v) for v in vs] for k, vs in grid.items()},
+                "best": {k: _plain(v) for k, v in search.best_params_.items()},
+                "best_cv_recall_at_floor": round(float(search.best_score_), 4),
+            },
+        },
         "training_data": provenance or {},
-        "model_file": PIXEL_MODEL_FILE, "format": "skops (no code runs on load; types checked)",
+        "model_file": PIXEL_MODEL_FILE,
+        "format": "skops (no code runs on load; types checked)",
         "package_version": __version__,
     }
     save_pixel_model(out_dir, search.best_estimator_, card)
-    log.info("pixel %s model %s: CV recall %.3f at precision %.3f (floor %.2f), threshold %.3f", model, out_dir,
-             recall, precision, precision_floor, threshold)
+    log.info(
+        "pixel %s model %s: CV recall %.3f at precision %.3f (floor %.2f), threshold %.3f",
+        model,
+        out_dir,
+        recall,
+        precision,
+        precision_floor,
+        threshold,
+    )
     return card
 
 
@@ -143,8 +202,11 @@ def save_pixel_model(directory, estimator, card: dict) -> Path:
     src = zipfile.ZipFile(io.BytesIO(sio.dumps(estimator)))
     # skops names objects and array files by id() (memory addresses): renumber them in order of appearance
     ids: dict[str, str] = {}
-    schema = re.sub(r'(?<="__id__": )\d+|\d+(?=\.npy")', lambda m: ids.setdefault(m.group(0), str(len(ids))),
-                    src.read("schema.json").decode())
+    schema = re.sub(
+        r'(?<="__id__": )\d+|\d+(?=\.npy")',
+        lambda m: ids.setdefault(m.group(0), str(len(ids))),
+        src.read("schema.json").decode(),
+    )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
         dst.writestr(zipfile.ZipInfo("schema.json", ZIP_DATE), schema, zipfile.ZIP_DEFLATED)
@@ -182,7 +244,7 @@ class PixelModel:
 
 
 def load_pixel_model(directory) -> PixelModel:
-    """A pixel model directory; refuses a model file holding a type outside the trusted ones (no code runs)."""
+    """A pixel model directory; refuses a model file holding a type outside the trusted ones."""
     import skops.io as sio
 
     from minescan.models.store import read_card
@@ -200,8 +262,10 @@ def load_pixel_model(directory) -> PixelModel:
         raise ModelError(f"{path}: not a readable skops file ({exc})") from exc
     refused = [t for t in untrusted if t not in TRUSTED_TYPES]
     if refused:
-        raise ModelError(f"{path}: refused, it holds type(s) {', '.join(refused)} that a pixel model never "
-                         "holds (loading could run code)")
+        raise ModelError(
+            f"{path}: refused, it holds type(s) {', '.join(refused)} that a pixel model never "
+            "holds (loading could run code)"
+        )
     try:
         est = sio.load(path, trusted=TRUSTED_TYPES)
     except Exception as exc:
@@ -211,5 +275,7 @@ def load_pixel_model(directory) -> PixelModel:
     model = PixelModel(directory, card, est)
     n_in = getattr(est, "n_features_in_", None)
     if n_in is not None and n_in != len(model.feature_set.features):
-        raise ModelError(f"{directory}: card lists {len(model.feature_set.features)} features, the model takes {n_in}")
+        raise ModelError(
+            f"{directory}: card lists {len(model.feature_set.features)} features, the model takes {n_in}"
+        )
     return model

@@ -33,13 +33,17 @@ def linear_terms(model) -> tuple[float, list[tuple[str, float]]]:
     steps = dict(getattr(est, "named_steps", {}))
     clf = steps.get("clf", est)
     if not hasattr(clf, "coef_") or np.asarray(clf.coef_).ndim != 2 or np.asarray(clf.coef_).shape[0] != 1:
-        raise ModelError(f"{model.path}: a '{model.card.get('estimator', type(clf).__name__)}' model has no "
-                         "Earth Engine expression; use a linear model (minescan pixel train --model logistic)")
+        raise ModelError(
+            f"{model.path}: a '{model.card.get('estimator', type(clf).__name__)}' model has no "
+            "Earth Engine expression; use a linear model (minescan pixel train --model logistic)"
+        )
     fs = model.feature_set
     bad = [f for f in fs.features if f in ("dist_water", "month_cos", "month_sin")]
     if bad:
-        raise ModelError(f"{model.path}: feature(s) {', '.join(bad)} have no Earth Engine expression here; "
-                         "train on feature set 'bands' or 'indices'")
+        raise ModelError(
+            f"{model.path}: feature(s) {', '.join(bad)} have no Earth Engine expression here; "
+            "train on feature set 'bands' or 'indices'"
+        )
     w = np.asarray(clf.coef_, dtype=np.float64)[0]
     b = float(np.asarray(clf.intercept_, dtype=np.float64)[0])
     scaler = steps.get("scale")
@@ -70,8 +74,11 @@ def probability_formula(model) -> tuple[str, list[str]]:
     score = WEIGHT_FORMAT.format(b)
     for f, w in terms:
         score += f" + {WEIGHT_FORMAT.format(w)} * {feature_formula(f, bands)}"
-    used = [x for x in bands if any(x in feature_formula(f, bands).replace("(", " ").replace(")", " ").split()
-                                    for f, _ in terms)]
+    used = [
+        x
+        for x in bands
+        if any(x in feature_formula(f, bands).replace("(", " ").replace(")", " ").split() for f, _ in terms)
+    ]
     return f"1 / (1 + exp(-({score.replace('+ -', '- ')})))", used
 
 
@@ -81,25 +88,41 @@ def pixel_map_image(ee, settings, model, period: str, region, scale: float = 1e-
 
     missing = [x for x in model.feature_set.bands if x not in settings.bands]
     if missing:
-        raise ModelError(f"{model.path}: band(s) {', '.join(missing)} are not in the composite's bands "
-                         f"({', '.join(settings.bands)})")
+        raise ModelError(
+            f"{model.path}: band(s) {', '.join(missing)} are not in the composite's bands "
+            f"({', '.join(settings.bands)})"
+        )
     formula, used = probability_formula(model)
     composite = build_composite(ee, settings, period, region, warn=False)
-    refl = composite.updateMask(composite.neq(settings.nodata).reduce(ee.Reducer.min())).select(used) \
-        .toFloat().multiply(scale)
+    refl = (
+        composite.updateMask(composite.neq(settings.nodata).reduce(ee.Reducer.min()))
+        .select(used)
+        .toFloat()
+        .multiply(scale)
+    )
     return refl.expression(formula, {x: refl.select(x) for x in used}).rename("mine_probability").toFloat()
 
 
-def pixel_map_export_params(image, region_geojson: dict, region_name: str, period: str, scale_m: float,
-                            settings, ee) -> dict:
+def pixel_map_export_params(
+    image, region_geojson: dict, region_name: str, period: str, scale_m: float, settings, ee
+) -> dict:
     """Keyword arguments of ``ee.batch.Export.image.toCloudStorage`` / ``toDrive`` for the map."""
     name = f"minescan_pixelmap_{region_name}_{period}_{int(scale_m)}m"
-    params = {"image": image, "description": name, "region": ee.Geometry(region_geojson), "scale": scale_m,
-              "crs": "EPSG:4326", "maxPixels": 10**13, "fileFormat": "GeoTIFF",
-              "formatOptions": {"cloudOptimized": True}}
+    params = {
+        "image": image,
+        "description": name,
+        "region": ee.Geometry(region_geojson),
+        "scale": scale_m,
+        "crs": "EPSG:4326",
+        "maxPixels": 10**13,
+        "fileFormat": "GeoTIFF",
+        "formatOptions": {"cloudOptimized": True},
+    }
     if settings.export.destination == "gcs":
-        params.update(bucket=settings.export.bucket,
-                      fileNamePrefix=f"{settings.export.prefix.strip('/')}/pixelmap/{region_name}/{period}/{name}")
+        params.update(
+            bucket=settings.export.bucket,
+            fileNamePrefix=f"{settings.export.prefix.strip('/')}/pixelmap/{region_name}/{period}/{name}",
+        )
     else:
         params.update(folder=settings.export.drive_folder, fileNamePrefix=name)
     return params
