@@ -42,8 +42,12 @@ FULL_TILES = [t for t in PLAN.tiles if sum(1 for tt, _ in PLAN.quadrants if tt =
 
 
 def model_files(path):
-    """A model directory's two files (inputs, so a replaced model re-runs what depends on it)."""
-    return [f"{path}/model.keras", f"{path}/card.json"] if path else []
+    """A model directory's two files (inputs, so a replaced model re-runs what depends on it); a pixel
+    model (minescan.pixel) keeps its estimator in model.skops."""
+    if not path:
+        return []
+    weights = "model.skops" if os.path.exists(f"{path}/model.skops") else "model.keras"
+    return [f"{path}/{weights}", f"{path}/card.json"]
 
 
 def quadrant_dirs(wildcards):

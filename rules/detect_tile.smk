@@ -48,5 +48,5 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             "minescan detect --tile {wildcards.tile} --quadrant {params.quadrants} --tile-path {input.tile:q} "
             "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
             "{params.threshold} {params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} "
-            "--pyramid={params.pyramid:q} {params.grid} "
+            "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} "
             "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

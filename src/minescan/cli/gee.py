@@ -4,6 +4,7 @@
     minescan gee check  --config FILE [--offline]
     minescan gee tile   --tile ID --period P (--config FILE | --spec JSON) --out FILE.tif
     minescan gee chips  --config FILE --points FILE [--period P] --out-dir DIR [--sizes 201 21]
+    minescan gee pixel-map --config FILE --model DIR [--period P] [--scale-m 100] [--show-expression]
 
 ``register(subparsers)`` adds ``gee`` to the main CLI. User errors raise MinescanError subclasses (one line,
 exit 2); no message or log line carries a credential.
@@ -212,6 +213,44 @@ def _with_redaction(func):
     return run
 
 
+def cmd_pixel_map(args) -> int:
+    """A linear pixel model's probability map of the config's region, computed and exported by EE."""
+    from shapely.geometry import mapping
+
+    from minescan.pixel.train import load_pixel_model
+    from minescan.sources.gee.export import start_export
+    from minescan.sources.gee.pixel_map import pixel_map_export_params, pixel_map_image
+    from minescan.vector_io import read_region
+
+    settings, cfg = _settings(args)
+    period = args.period or cfg["periods"][-1]
+    model = load_pixel_model(args.model)
+    region = read_region(cfg["region"]["file"], cfg["region"]["layer"])
+    scale = cfg["source"]["reflectance_scale"]
+    if args.show_expression:
+        from minescan.sources.gee.recorder import RecordingEE
+
+        ee = RecordingEE()
+        image = pixel_map_image(ee, settings, model, period, ee.Geometry(mapping(region)), scale)
+        print(repr(image))
+        return 0
+    from minescan.sources.gee import get_ee
+
+    if settings.export.destination == "gcs" and not settings.export.bucket:
+        from minescan.errors import ConfigError
+
+        raise ConfigError("key 'source.gee.export.bucket' is needed to export the map to Cloud Storage "
+                          "(or set source.gee.export.destination: drive)")
+    _initialize(settings)
+    ee = get_ee()
+    geom = mapping(region)
+    image = pixel_map_image(ee, settings, model, period, ee.Geometry(geom), scale)
+    params = pixel_map_export_params(image, geom, cfg["region"]["name"], period, args.scale_m, settings, ee)
+    name = start_export(ee, params, settings.export.destination)
+    print(f"export {params['description']} started: {name} ({settings.export.destination})")
+    return 0
+
+
 def register(subparsers) -> None:
     gee = subparsers.add_parser(
         "gee", help="Google Earth Engine: composites for scan tiles and training chips",
@@ -253,6 +292,17 @@ def register(subparsers) -> None:
     p.add_argument("--out-dir", required=True, help="writes {size}px/{id}.tif and points.csv here")
     p.add_argument("--sizes", nargs="+", type=int, help="chip sizes in px (default source.gee.chip_sizes)")
     p.set_defaults(func=_with_redaction(cmd_chips))
+
+    p = sub.add_parser("pixel-map", help="a linear pixel model's probability map of the region, computed and "
+                       "exported by Earth Engine (no tile download)")
+    p.add_argument("--config", required=True, help="scan config (region, source.gee composite and export)")
+    p.add_argument("--model", required=True,
+                   help="pixel model directory (minescan pixel train --model logistic)")
+    p.add_argument("--period", help="composite period (default: the config's last)")
+    p.add_argument("--scale-m", type=float, default=100.0, help="pixel size of the exported map in metres")
+    p.add_argument("--show-expression", action="store_true",
+                   help="print the Earth Engine expression and exit (no credentials, no network)")
+    p.set_defaults(func=_with_redaction(cmd_pixel_map))
 
 
 if __name__ == "__main__":  # pragma: no cover

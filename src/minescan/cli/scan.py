@@ -41,16 +41,21 @@ def cmd_config_reference(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    from minescan.models.store import load_model
+    from minescan.models.store import load_model, read_card
     from minescan.scan import device
+
+    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
+        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
+                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
+    if read_card(args.model)["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
+        from minescan.pixel.detect import cmd_detect_pixel
+
+        return cmd_detect_pixel(args)
     from minescan.scan.detect import run_detect
     from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, compute_precision, import_keras_lean
     from minescan.scan.quality import QualityCheck
     from minescan.vector_io import read_region
 
-    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
-        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
-                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
     import_keras_lean()
     dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device log line
     max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB, device.host_limit_mb())
@@ -191,6 +196,9 @@ def register(sub) -> None:
     p.add_argument("--pyramid", default=None,
                    help="pyramid scan: the detect.pyramid config section as JSON (coarse screen, then the FCN "
                    "on the kept blocks only; docs/pyramid.md)")
+    p.add_argument("--period", default=None, help="the tile's period (pixel models with the month feature)")
+    p.add_argument("--water", default=None, help="water polygons (pixel models with the water distance; "
+                   "default: the MNDWI water mask)")
     p.add_argument("--prob-out", required=True, nargs="+", help="one per --quadrant, in the same order")
     p.add_argument("--candidates-out", required=True, nargs="+", help="one per --quadrant, in the same order")
     grid_args(p)

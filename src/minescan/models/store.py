@@ -117,8 +117,11 @@ def normalisation_stats(reflectance: np.ndarray, valid: np.ndarray | None = None
 
 
 def model_fingerprint(path: Path) -> str:
+    """Hash of the model file and card (``model.skops`` for a pixel model, see minescan.pixel.train)."""
     h = hashlib.sha256()
-    for name in (MODEL_FILE, CARD_FILE):
+    weights = MODEL_FILE if (Path(path) / MODEL_FILE).exists() or not (Path(path) / "model.skops").exists() \
+        else "model.skops"
+    for name in (weights, CARD_FILE):
         h.update((Path(path) / name).read_bytes())
     return h.hexdigest()[:12]
 
