@@ -13,11 +13,11 @@ import logging
 import sys
 
 from minescan import __version__
-from minescan.cli import change, gee, layers, models, scan, sources
+from minescan.cli import change, gee, layers, models, scan, segment, sources
 from minescan.errors import MinescanError
 
 #: the command groups, in the order of ``minescan --help``
-GROUPS = (scan, sources, models, layers, change, gee)
+GROUPS = (scan, sources, models, layers, change, gee, segment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,7 +104,33 @@ def _layer_classes():
             return {**super().get_config(), "dim": self.dim, "heads": self.heads, "sr": self.sr,
                     "mlp_ratio": self.mlp_ratio}
 
+    @keras.saving.register_keras_serializable(package="minescan")
+    class BilinearUp(keras.layers.Layer):
+        """Bilinear up-sampling by an integer factor for inputs of any size. (Keras' UpSampling2D fails when
+        a traced function is re-traced for a new input size, as a scan's windows and training patches do.)"""
+
+        def __init__(self, factor: int, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            shape = ops.shape(x)
+            size = (shape[1] * self.factor, shape[2] * self.factor)
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                return tf.image.resize(x, size, method="bilinear")
+            return ops.image.resize(x, size, interpolation="bilinear")
+
+        def compute_output_shape(self, s):
+            return (s[0], None if s[1] is None else s[1] * self.factor,
+                    None if s[2] is None else s[2] * self.factor, s[3])
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
     _CLASSES["MixBlock"] = MixBlock
+    _CLASSES["BilinearUp"] = BilinearUp
     return _CLASSES
 
 
@@ -114,7 +140,8 @@ _CLASSES: dict = {}
 def build_segformer(n_bands: int, arch: dict, name: str = "segformer"):
     """The network for ``n_bands`` input bands and an architecture from :func:`variant_config`."""
     keras = _keras()
-    MixBlock = _layer_classes()["MixBlock"]
+    classes = _layer_classes()
+    MixBlock, BilinearUp = classes["MixBlock"], classes["BilinearUp"]
     layers = keras.layers
     inputs = keras.Input((None, None, n_bands), name="bands")
     x = inputs
@@ -132,7 +159,7 @@ def build_segformer(n_bands: int, arch: dict, name: str = "segformer"):
     for i, f in enumerate(features):
         y = layers.Dense(arch["decoder_dim"], name=f"decode{i + 1}")(f)
         if i:
-            y = layers.UpSampling2D(2**i, interpolation="bilinear", name=f"decode{i + 1}_up")(y)
+            y = BilinearUp(2**i, name=f"decode{i + 1}_up")(y)
         decoded.append(y)
     y = layers.Concatenate(name="decode_concat")(decoded[::-1])
     y = layers.Conv2D(arch["decoder_dim"], 1, use_bias=False, name="fuse")(y)
@@ -140,7 +167,7 @@ def build_segformer(n_bands: int, arch: dict, name: str = "segformer"):
     y = layers.Activation("relu", name="fuse_relu")(y)
     y = layers.Dropout(0.1, name="dropout")(y)
     y = layers.Conv2D(1, 1, name="classify")(y)
-    y = layers.UpSampling2D(4, interpolation="bilinear", name="logits")(y)
+    y = BilinearUp(4, name="logits")(y)
     return keras.Model(inputs, y, name=name)
 
 
