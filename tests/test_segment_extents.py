@@ -62,3 +62,27 @@ def test_extent_polygons_and_merge_across_quadrants(tmp_path):
     first = (tmp_path / "extents.gpkg").read_bytes()
     merge_extents([tmp_path / "nw.gpkg", tmp_path / "sw.gpkg"], tmp_path / "extents.gpkg")
     assert (tmp_path / "extents.gpkg").read_bytes() == first
+
+
+def test_change_reports_expansion_and_contraction_of_segmented_extents(tmp_path):
+    import json
+
+    from minescan.layers.change import run_change
+
+    x0, y0 = 2000 * 270, 29999 * 270
+    frames = {}
+    for period, ext_box in (("2026Q1", box(x0 + 20, y0 + 20, x0 + 120, y0 + 120)),  # 1 ha
+                            ("2026Q2", box(x0 + 70, y0 + 20, x0 + 220, y0 + 120))):  # 1.5 ha, 0.5 ha shared
+        sites = gpd.GeoDataFrame([site("S1", [(2000, -30000)])], crs=4326)
+        ext = gpd.GeoDataFrame({"site_id": ["S1"], "area_ha_segmented": [ext_box.area / 1e4]},
+                               geometry=[ext_box], crs=EPSG).to_crs(4326)
+        frames[period] = tmp_path / period / "sites.gpkg"
+        frames[period].parent.mkdir()
+        write_vector(sites, frames[period], layer="sites", more_layers={"site_extents": ext})
+    out = run_change(region_name="r", periods=list(frames), history=list(frames.values()), outdir=tmp_path / "ch")
+    change = gpd.read_file(tmp_path / "ch" / "change.gpkg")
+    assert change["expansion_ha"].tolist() == pytest.approx([1.0], abs=1e-3)
+    assert change["contraction_ha"].tolist() == pytest.approx([0.5], abs=1e-3)
+    assert out["segmented"] == pytest.approx({"expansion_ha": 1.0, "contraction_ha": 0.5}, abs=1e-3)
+    assert json.loads((tmp_path / "ch" / "change.json").read_text())["segmented"]["expansion_ha"] == \
+        pytest.approx(1.0, abs=1e-3)

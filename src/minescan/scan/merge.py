@@ -178,7 +178,7 @@ def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonl
 def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period: str, region_lonlat,
                tiles: list[str], quadrants: list[str], models: dict, thresholds: dict, resolution_m: float,
                drop_no_ore: bool = True, connectivity: int = 8, truth_path=None,
-               prior: SpatialPrior | None = None) -> dict:
+               prior: SpatialPrior | None = None, extents_path=None) -> dict:
     outdir = Path(outdir)
     prior = prior or SpatialPrior()
     df = read_classified(classified)
@@ -191,10 +191,16 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
     det["site_id"] = label_sites(det, connectivity) if len(det) else pd.Series(dtype=object)
     det = det[DETECTION_COLUMNS]
     sites = build_sites(det, resolution_m)
+    site_extents = None
+    if extents_path:  # segmented extents (minescan.segment): area_ha_segmented + layer site_extents
+        from minescan.segment.extents import segmented_extents
+
+        sites, site_extents = segmented_extents(sites, read_vector(extents_path, what="extents file"))
     write_csv(det, outdir / "detections.csv")
     write_csv(rej[[c for c in DETECTION_COLUMNS if c != "site_id"] + ["reason"]], outdir / "rejected.csv")
     write_kml(det, outdir / "detections.kml", f"minescan detections {region_name} {period}")
-    write_vector(sites, outdir / "sites.gpkg", layer="sites")
+    write_vector(sites, outdir / "sites.gpkg", layer="sites",
+                 more_layers={"site_extents": site_extents} if site_extents is not None else None)
     summary = {
         "region": region_name, "period": period,
         "area_scanned_km2": round(geodesic_area_km2(region_lonlat), 3),
@@ -210,6 +216,8 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
         "site_area_ha": round(float(sites["area_ha"].sum()), 4) if len(sites) else 0.0,
         "models": models, "thresholds": thresholds,
     }
+    if site_extents is not None:
+        summary["site_area_ha_segmented"] = round(float(sites["area_ha_segmented"].sum()), 4)
     if truth_path:
         summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -36,3 +36,41 @@ def segmented_extents(sites: gpd.GeoDataFrame, extents: gpd.GeoDataFrame, buffer
     out = gpd.GeoDataFrame(rows or None, columns=["site_id", "area_ha_segmented", "geometry"],
                            geometry="geometry", crs=4326)
     return sites, out
+
+
+def read_site_extents(sites_path) -> gpd.GeoDataFrame | None:
+    """The ``site_extents`` layer of a sites.gpkg, or None when the scan was not segmented."""
+    import pyogrio
+
+    from minescan.vector_io import read_vector
+
+    if "site_extents" not in {name for name, _ in pyogrio.list_layers(sites_path)}:
+        return None
+    return read_vector(sites_path, "site_extents", "sites file")
+
+
+def extent_change(change: gpd.GeoDataFrame, previous: gpd.GeoDataFrame, current: gpd.GeoDataFrame):
+    """``change`` (one row per matched group, site ids comma-joined in ``site_id`` / ``previous_site_id``)
+    with ``expansion_ha`` (segmented now, not before) and ``contraction_ha`` (before, not now), measured in
+    the UTM zone of each row. A site without a segmented extent counts as an empty one."""
+    from minescan.grid import zone_of
+
+    prev = dict(zip(previous["site_id"].astype(str), previous.geometry, strict=True))
+    curr = dict(zip(current["site_id"].astype(str), current.geometry, strict=True))
+    expansion, contraction = [], []
+    for _, row in change.iterrows():
+        now = unary_union([curr[s] for s in str(row["site_id"] or "").split(",") if s in curr])
+        before = unary_union([prev[s] for s in str(row["previous_site_id"] or "").split(",") if s in prev])
+        if now.is_empty and before.is_empty:
+            expansion.append(0.0), contraction.append(0.0)
+            continue
+        c = (now if not now.is_empty else before).representative_point()
+        epsg = utm_epsg(*zone_of(c.x, c.y))
+        a, b = (gpd.GeoSeries([g], crs=4326).to_crs(epsg).iloc[0] for g in (now, before))
+        expansion.append(round(a.difference(b).area / 1e4, 4))
+        contraction.append(round(b.difference(a).area / 1e4, 4))
+    change = change.copy()
+    at = list(change.columns).index("area_change_pct") + 1
+    change.insert(at, "expansion_ha", expansion)
+    change.insert(at + 1, "contraction_ha", contraction)
+    return change
