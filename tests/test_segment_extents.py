@@ -86,3 +86,18 @@ def test_change_reports_expansion_and_contraction_of_segmented_extents(tmp_path)
     assert out["segmented"] == pytest.approx({"expansion_ha": 1.0, "contraction_ha": 0.5}, abs=1e-3)
     assert json.loads((tmp_path / "ch" / "change.json").read_text())["segmented"]["expansion_ha"] == \
         pytest.approx(1.0, abs=1e-3)
+
+
+def test_area_errors_against_truth():
+    from minescan.segment.extents import area_errors
+
+    x0, y0 = 2000 * 270, 29999 * 270
+    s1 = site("S1", [(2000, -30000)])  # 7.29 ha of cells
+    s1["area_ha_segmented"] = 4.4
+    truth = gpd.GeoDataFrame({"class": ["mine", "confuser"]},
+                             geometry=[box(x0 + 10, y0 + 10, x0 + 210, y0 + 210),  # 4 ha
+                                       box(x0 + 5000, y0, x0 + 6000, y0 + 1000)], crs=EPSG)
+    out = area_errors(gpd.GeoDataFrame([s1], crs=4326), truth)
+    assert out["sites_on_true_mines"] == 1
+    assert out["median_relative_error_cells"] == pytest.approx((7.29 - 4) / 4, abs=1e-3)
+    assert out["median_relative_error_segmented"] == pytest.approx(0.1, abs=1e-3)

@@ -41,7 +41,8 @@ def cmd_train(args) -> int:
     from minescan.segment.train import train_segmenter
 
     card = train_segmenter(args.images, args.polygons, args.out, _train_config(args),
-                           polygons_layer=args.polygons_layer, name=args.name)
+                           polygons_layer=args.polygons_layer, name=args.name,
+                           polygons_where=args.polygons_where)
     m = card["metrics"]
     for side in ("train", "validation", "test"):
         s = m[side]
@@ -78,6 +79,8 @@ def register(sub) -> None:
     t.add_argument("--images", nargs="+", required=True, help="GeoTIFFs with band descriptions")
     t.add_argument("--polygons", required=True, help="disturbed-area polygons, any vector format and CRS")
     t.add_argument("--polygons-layer", default=None, help="layer inside a multi-layer file")
+    t.add_argument("--polygons-where", default=None, metavar="COLUMN=V1,V2",
+                   help="keep only features whose COLUMN is one of the values (e.g. class=mine)")
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--bands", nargs="+", default=list(SENTINEL2_BANDS))
     t.add_argument("--scale", type=float, default=1e-4, help="tile value to reflectance factor")

@@ -219,7 +219,12 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
     if site_extents is not None:
         summary["site_area_ha_segmented"] = round(float(sites["area_ha_segmented"].sum()), 4)
     if truth_path:
-        summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
+        truth = read_vector(truth_path, what="truth file")
+        summary["evaluation"] = evaluate_sites(sites, truth, region_lonlat)
+        if site_extents is not None:
+            from minescan.segment.extents import area_errors
+
+            summary["evaluation"]["site_area"] = area_errors(sites, truth)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("merged %d quadrants: %d detections in %d sites, %d rejected as no ore, %d removed as isolated",
              len(classified), len(det), len(sites), summary["rejected_no_ore"], int(isolated.sum()))

@@ -74,3 +74,31 @@ def extent_change(change: gpd.GeoDataFrame, previous: gpd.GeoDataFrame, current:
     change.insert(at, "expansion_ha", expansion)
     change.insert(at + 1, "contraction_ha", contraction)
     return change
+
+
+def area_errors(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> dict:
+    """Median relative error of site areas against the true mine polygons they touch, cell-based
+    (``area_ha``) and segmented (``area_ha_segmented``): per site that touches a true mine,
+    ``|area - truth area| / truth area`` with the truth area the union of the mines it touches (in UTM)."""
+    import numpy as np
+
+    truth = truth.to_crs(4326)
+    mines = truth[truth["class"] == "mine"] if "class" in truth else truth
+    cells, segmented = [], []
+    for _, site in sites.iterrows():
+        hit = [g for g in mines.geometry if g.intersects(site.geometry)]
+        if not hit:
+            continue
+        zone = site["zone"]
+        epsg = utm_epsg(int(zone[:2]), zone[2])
+        true_ha = gpd.GeoSeries([unary_union(hit)], crs=4326).to_crs(epsg).iloc[0].area / 1e4
+        if true_ha <= 0:
+            continue
+        cells.append(abs(site["area_ha"] - true_ha) / true_ha)
+        segmented.append(abs(site["area_ha_segmented"] - true_ha) / true_ha)
+
+    def med(values):
+        return round(float(np.median(values)), 4) if values else None
+
+    return {"sites_on_true_mines": len(cells), "median_relative_error_cells": med(cells),
+            "median_relative_error_segmented": med(segmented)}

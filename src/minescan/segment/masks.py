@@ -44,11 +44,19 @@ class TileRef:
     place: str
 
 
-def read_polygons(path, layer: str | None = None):
-    """Polygon layer, non-empty polygon geometries only; error naming the file when there are none."""
+def read_polygons(path, layer: str | None = None, where: str | None = None):
+    """Polygon layer, non-empty polygon geometries only; error naming the file when there are none.
+
+    ``where`` = ``"COLUMN=V1,V2"`` keeps the features whose COLUMN is one of the values (e.g. class=mine)."""
     gdf = read_vector(path, layer, "polygon layer")
     if gdf.crs is None:
         raise InputDataError(f"{path}: polygon layer has no CRS")
+    if where:
+        column, _, values = where.partition("=")
+        if column not in gdf.columns or not values:
+            raise InputDataError(f"{path}: --polygons-where '{where}' needs COLUMN=V1,V2 with a column of the "
+                                 f"file (it has {', '.join(c for c in gdf.columns if c != 'geometry')})")
+        gdf = gdf[gdf[column].astype(str).isin(values.split(","))]
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     gdf = gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
     if gdf.empty:

@@ -117,7 +117,8 @@ def check_config(cfg: SegmentTrainConfig) -> None:
 
 
 def train_segmenter(images: list[str], polygons: str, out, cfg: SegmentTrainConfig,
-                    polygons_layer: str | None = None, name: str | None = None) -> dict:
+                    polygons_layer: str | None = None, name: str | None = None,
+                    polygons_where: str | None = None) -> dict:
     """Train and write the model directory ``out``; returns its card."""
     from minescan.models.train_chips import configure_tensorflow
 
@@ -126,7 +127,7 @@ def train_segmenter(images: list[str], polygons: str, out, cfg: SegmentTrainConf
         raise InputDataError("segment train: no bands given")
     configure_tensorflow(cfg.seed, cfg.threads)
     keras = _keras()
-    gdf = read_polygons(polygons, polygons_layer)
+    gdf = read_polygons(polygons, polygons_layer, polygons_where)
     imgs = [read_image(p, cfg.bands, cfg.scale, gdf) for p in images]
     refs = tile_refs(imgs, cfg.tile_px)
     sides = grouped_split([r.place for r in refs], seed=cfg.seed)
@@ -182,7 +183,8 @@ def train_segmenter(images: list[str], polygons: str, out, cfg: SegmentTrainConf
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("bands", "threads")},
         "training_data": {
             "images": [{"path": str(p), "sha256_16": _sha256(p)} for p in images],
-            "polygons": {"path": str(polygons), "layer": polygons_layer, "sha256_16": _sha256(polygons),
+            "polygons": {"path": str(polygons), "layer": polygons_layer, "where": polygons_where,
+                         "sha256_16": _sha256(polygons),
                          "features": len(gdf)},
             "tiles": {s: len(by_side[s]) for s in SPLITS},
             "split": "70/15/15 over tile places (grouped), seeded",
