@@ -62,3 +62,13 @@ def test_grouped_split_never_puts_a_group_on_two_sides():
     assert grouped_split(groups, seed=1) == sides
     assert grouped_split(groups, seed=2) != sides
     assert sorted(set(grouped_split(["a", "b", "c"]))) == ["test", "train", "validation"]
+
+
+def test_polygons_where_keeps_the_named_classes(tmp_path):
+    path = tmp_path / "truth.gpkg"
+    gpd.GeoDataFrame({"class": ["mine", "confuser", "mine"]},
+                     geometry=[box(0, 0, 10, 10), box(20, 0, 30, 10), box(40, 0, 50, 10)], crs=EPSG).to_file(path)
+    assert len(read_polygons(path, where="class=mine")) == 2
+    assert len(read_polygons(path, where="class=mine,confuser")) == 3
+    with pytest.raises(InputDataError, match="truth.gpkg: --polygons-where 'kind=mine'"):
+        read_polygons(path, where="kind=mine")
