@@ -21,7 +21,9 @@ FIXED_DATE = "2000-01-01T00:00:00.000Z"
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
 
 
-def write_vector(gdf: gpd.GeoDataFrame, path, layer: str | None = None) -> None:
+def write_vector(gdf: gpd.GeoDataFrame, path, layer: str | None = None,
+                 more_layers: dict[str, gpd.GeoDataFrame] | None = None) -> None:
+    """Write ``gdf`` (and, for a GeoPackage, ``more_layers`` {name: frame} after it) atomically."""
     import pyogrio
 
     path = Path(path)
@@ -33,6 +35,8 @@ def write_vector(gdf: gpd.GeoDataFrame, path, layer: str | None = None) -> None:
     try:
         with atomic_output(path) as tmp:
             gdf.to_file(tmp, driver=driver, layer=layer or path.stem, engine="pyogrio")
+            for name, more in (more_layers or {}).items():
+                more.to_file(tmp, driver=driver, layer=name, engine="pyogrio")
     finally:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
 

@@ -13,11 +13,11 @@ import logging
 import sys
 
 from minescan import __version__
-from minescan.cli import change, datasets, device, gee, layers, models, pixel, scan, sources
+from minescan.cli import change, datasets, device, gee, layers, models, pixel, scan, segment, sources
 from minescan.errors import MinescanError
 
 #: the command groups, in the order of ``minescan --help``
-GROUPS = (scan, sources, models, pixel, layers, change, gee, datasets, device)
+GROUPS = (scan, sources, models, pixel, segment, layers, change, gee, datasets, device)
 
 
 def build_parser() -> argparse.ArgumentParser:

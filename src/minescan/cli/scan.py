@@ -118,7 +118,7 @@ def cmd_merge(args) -> int:
         tiles=sorted({n.rsplit("_", 1)[0] for n in names}), quadrants=names, models=models,
         thresholds={"discovery": threshold, "drop_no_ore": args.drop_no_ore}, resolution_m=args.resolution_m,
         drop_no_ore=args.drop_no_ore, connectivity=args.connectivity, truth_path=args.truth,
-        prior=prior, cell_px=cell_px, devices=devices)
+        prior=prior, cell_px=cell_px, devices=devices, extents_path=args.extents)
     ev = summary.get("evaluation")
     if ev:
         print(f"{args.region_name} {args.period}: {summary['sites']} sites detected; site-level recall "
@@ -229,6 +229,8 @@ def register(sub) -> None:
     p.add_argument("--connectivity", type=int, choices=[4, 8], default=8)
     p.add_argument("--truth", default=None, help="true site polygons for recall/precision")
     p.add_argument("--resolution-m", type=float, default=10.0)
+    p.add_argument("--extents", default=None,
+                   help="the scan's extents.gpkg (segment): sites get area_ha_segmented and layer site_extents")
     p.add_argument("--isolated-threshold", type=float, default=None,
                    help="stricter cut-off for isolated candidates (merge.isolated_threshold); default: off")
     p.add_argument("--isolation-k", type=int, default=2, help="k of the k-th nearest other candidate")

@@ -252,6 +252,14 @@ def load_sites(path) -> gpd.GeoDataFrame:
     return read_vector(path, what="sites file")
 
 
+def _segmented_extents(previous_path, current_path):
+    """Both scans' site_extents layers (segmentation), or None unless both have one."""
+    from minescan.segment.extents import read_site_extents
+
+    pair = [read_site_extents(p) for p in (previous_path, current_path)]
+    return pair if all(x is not None for x in pair) else None
+
+
 def run_change(*, region_name: str, periods: list[str], history: list[str | Path], outdir,
                min_overlap: float = 0.1, min_growth: float = 0.1) -> dict:
     """Write the change layer (last period against the one before) and the cumulative layer of a scan.
@@ -268,6 +276,11 @@ def run_change(*, region_name: str, periods: list[str], history: list[str | Path
     frames = [prepare_sites(load_sites(p)) for p in history]  # once, for both layers
     period, prev_period = periods[-1], periods[-2]
     change = compare_sites(frames[-2], frames[-1], min_overlap=min_overlap, min_growth=min_growth)
+    extents = _segmented_extents(history[-2], history[-1])
+    if extents:  # both scans segmented (minescan.segment): expansion / contraction of the extents
+        from minescan.segment.extents import extent_change
+
+        change = extent_change(change, *extents)
     cumulative = cumulative_sites(list(zip(periods, frames, strict=True)), min_overlap=min_overlap,
                                   min_growth=min_growth)
     _write_layer(change, outdir, "change", f"minescan changes {region_name} {prev_period} -> {period}", "site_id")
@@ -282,6 +295,8 @@ def run_change(*, region_name: str, periods: list[str], history: list[str | Path
                        "footprint_ha": round(float(cumulative["footprint_ha"].sum()), 4),
                        "by_status": _status_summary(cumulative, ["base_area_ha", "footprint_ha"])},
     }
+    if extents:
+        summary["segmented"] = {k: round(float(change[k].sum()), 4) for k in ("expansion_ha", "contraction_ha")}
     atomic_write_text(outdir / "change.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     c = summary["change"]
     log.info("%s %s vs %s: %d new, %d grown, %d shrunk, %d unchanged, %d vanished", region_name, period,

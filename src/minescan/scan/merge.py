@@ -166,7 +166,8 @@ def evaluate_sites(sites: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, region_lonl
 def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period: str, region_lonlat,
                tiles: list[str], quadrants: list[str], models: dict, thresholds: dict, resolution_m: float,
                drop_no_ore: bool = True, connectivity: int = 8, truth_path=None,
-               prior: SpatialPrior | None = None, devices: dict | None = None, cell_px: int = STRIDE) -> dict:
+               prior: SpatialPrior | None = None, devices: dict | None = None, cell_px: int = STRIDE,
+               extents_path=None) -> dict:
     outdir = Path(outdir)
     prior = prior or SpatialPrior()
     df = read_classified(classified)
@@ -179,10 +180,16 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
     det["site_id"] = label_sites(det, connectivity) if len(det) else pd.Series(dtype=object)
     det = det[DETECTION_COLUMNS]
     sites = build_sites(det, resolution_m, cell_px)
+    site_extents = None
+    if extents_path:  # segmented extents (minescan.segment): area_ha_segmented + layer site_extents
+        from minescan.segment.extents import segmented_extents
+
+        sites, site_extents = segmented_extents(sites, read_vector(extents_path, what="extents file"))
     write_csv(det, outdir / "detections.csv")
     write_csv(rej[[c for c in DETECTION_COLUMNS if c != "site_id"] + ["reason"]], outdir / "rejected.csv")
     write_kml(det, outdir / "detections.kml", f"minescan detections {region_name} {period}")
-    write_vector(sites, outdir / "sites.gpkg", layer="sites")
+    write_vector(sites, outdir / "sites.gpkg", layer="sites",
+                 more_layers={"site_extents": site_extents} if site_extents is not None else None)
     summary = {
         "region": region_name, "period": period,
         "area_scanned_km2": round(geodesic_area_m2(region_lonlat) / 1e6, 3),
@@ -205,8 +212,15 @@ def merge_scan(classified: list[str | Path], outdir, *, region_name: str, period
                     ", ".join(q["quadrant"] for q in cloudy))
     if devices is not None:  # detect jobs per device (minescan.scan.device.count_jobs)
         summary["jobs_per_device"] = {"detect": devices}
+    if site_extents is not None:
+        summary["site_area_ha_segmented"] = round(float(sites["area_ha_segmented"].sum()), 4)
     if truth_path:
-        summary["evaluation"] = evaluate_sites(sites, read_vector(truth_path, what="truth file"), region_lonlat)
+        truth = read_vector(truth_path, what="truth file")
+        summary["evaluation"] = evaluate_sites(sites, truth, region_lonlat)
+        if site_extents is not None:
+            from minescan.segment.extents import area_errors
+
+            summary["evaluation"]["site_area"] = area_errors(sites, truth)
     atomic_write_text(outdir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("merged %d quadrants: %d detections in %d sites, %d rejected as no ore, %d removed as isolated",
              len(classified), len(det), len(sites), summary["rejected_no_ore"], int(isolated.sum()))
