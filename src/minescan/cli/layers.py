@@ -59,22 +59,21 @@ def cmd_layers(args) -> int:
 
 
 def cmd_webmap(args) -> int:
-    from minescan.layers.overlays import load_layers
+    from minescan.layers.overlays import load_layers, placeholders
     from minescan.layers.webmap import load_detections, map_stats, write_map
     from minescan.vector_io import read_region, read_vector
 
     settings = _settings(args)
-    fmt = {"results_dir": args.results_dir, "region": args.region_name, "period": args.period}
+    fmt = placeholders(args.results_dir, args.region_name, args.period)
     registry, overlays, admin = load_layers(settings, fmt)
     region = read_region(args.region, args.region_layer) if args.region else None
     sites = read_vector(args.sites, what="sites layer")
     title = args.title or f"minescan {args.region_name} {args.period}".strip()
-    write_map(args.out, sites, title=title, region_lonlat=region, tile_paths=args.tiles or [],
+    html = write_map(args.out, sites, title=title, region_lonlat=region, tile_paths=args.tiles or [],
               prob_paths=args.probabilities or [], registry=registry, overlays=overlays, admin=admin,
               detections=load_detections(args.detections), scale=args.scale,
               max_px=args.max_px or settings["map_max_px"], thumbnails=args.thumbnails)
-    with open(args.out, encoding="utf-8") as f:
-        stats = map_stats(f.read())
+    stats = map_stats(html)
     log.info("map %s: %d site markers, %.1f MB", args.out, stats["markers"], stats["bytes"] / 1e6)
     return 0
 

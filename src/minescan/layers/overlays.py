@@ -69,6 +69,11 @@ def resolve_path(template: str, *, results_dir: str = "results", region: str = "
                           "or {period}") from exc
 
 
+def placeholders(results_dir: str, region: str, period: str) -> dict:
+    """The values of a layer file name's placeholders (see :func:`resolve_path`)."""
+    return {"results_dir": results_dir, "region": region, "period": period}
+
+
 def layer_entries(settings: dict) -> list[tuple[str, dict]]:
     """(role, entry) of every configured layer: 'registry', 'overlay' or 'admin'."""
     out = [("registry", e) for e in settings.get("registry") or []]
@@ -80,14 +85,14 @@ def layer_entries(settings: dict) -> list[tuple[str, dict]]:
 
 def reference_files(cfg: dict, region: str, period: str) -> list[str]:
     """Every layer file a scan's layers stage reads (Snakemake input function helper)."""
-    fmt = {"results_dir": cfg.get("results_dir", "results"), "region": region, "period": period}
+    fmt = placeholders(cfg.get("results_dir", "results"), region, period)
     return sorted({resolve_path(e["file"], **fmt) for _, e in layer_entries(cfg.get("layers") or {})})
 
 
 def resolved_settings(cfg: dict, region: str, period: str) -> str:
     """The config's 'layers' block as JSON with the placeholders of every file name filled in (what the
     Snakemake rules pass to the CLI as --settings)."""
-    fmt = {"results_dir": cfg.get("results_dir", "results"), "region": region, "period": period}
+    fmt = placeholders(cfg.get("results_dir", "results"), region, period)
     settings = json.loads(json.dumps(cfg.get("layers") or {}))
     for _, entry in layer_entries(settings):
         entry["file"] = resolve_path(entry["file"], **fmt)
@@ -323,7 +328,7 @@ def run_layers(sites_path, outdir, settings: dict, *, region_name: str, period: 
     """The layers stage for one scan: read sites.gpkg, write the annotated and unregistered layers,
     areas.csv and layers.json into ``outdir``; return the layers.json content."""
     outdir = Path(outdir)
-    fmt = {"results_dir": results_dir, "region": region_name, "period": period}
+    fmt = placeholders(results_dir, region_name, period)
     registry, overlays, admin = load_layers(settings, fmt)
     sites = read_vector(sites_path, what="sites layer").to_crs(4326)
     sites = sites.sort_values("site_id", kind="stable").reset_index(drop=True)

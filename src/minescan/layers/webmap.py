@@ -363,7 +363,7 @@ def _fmt(v, digits=3) -> str:
 def popup_html(site: pd.Series, thumbnail: bytes | None, impact_probs: dict | None) -> str:
     reg = site.get("registered", "unchecked")
     tag = {"no": "UNREGISTERED", "yes": "REGISTERED"}.get(reg, "NOT CHECKED")
-    cls = {"no": "unregistered", "yes": "registered"}.get(reg, "unchecked")
+    cls = registration_class(reg)
     rows = [("max probability", _fmt(site["max_probability"])), ("mean probability", _fmt(site["mean_probability"])),
             ("impact", escape(str(site["impact"])))]
     if impact_probs:
@@ -493,7 +493,7 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
                 names = [t for t in str(site.get("tiles", "")).split(",") if t in tiles_by_name]
                 thumb = site_thumbnail(site.geometry, int(epsg.loc[i]), [tiles_by_name[t] for t in names], scale)
             reg = site.get("registered", "unchecked")
-            cls = {"no": "unregistered", "yes": "registered"}.get(reg, "unchecked")
+            cls = registration_class(reg)
             size = 16 if reg == "no" else 13
             impact_cls = re.sub(r"[^A-Za-z0-9_-]", "_", str(site["impact"]))  # a CSS class name, no markup
             marker = folium.Marker([float(site["lat"]), float(site["lon"])],
@@ -513,8 +513,16 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
     return html
 
 
-def write_map(path, sites, **kwargs) -> None:
-    atomic_write_text(path, build_map(sites, **kwargs))
+def registration_class(registered) -> str:
+    """CSS class of a site's registry status ('no' -> unregistered, 'yes' -> registered, else unchecked)."""
+    return {"no": "unregistered", "yes": "registered"}.get(registered, "unchecked")
+
+
+def write_map(path, sites, **kwargs) -> str:
+    """Build the map (:func:`build_map`), write it atomically to ``path`` and return its HTML."""
+    html = build_map(sites, **kwargs)
+    atomic_write_text(path, html)
+    return html
 
 
 def map_stats(html: str) -> dict:
