@@ -70,6 +70,20 @@ def fake_ee(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ plan
+def test_plan_includes_the_periods_of_a_schedule(tmp_path, capsys, monkeypatch, no_credentials):
+    """`gee plan` sees a config's periods as the Snakefile does: periods + schedule, expanded once by the
+    config loader (a schedule-only config used to give an empty plan)."""
+    monkeypatch.setattr(gee_pkg, "_EE", NoEE())
+    cfg_path = write_config(tmp_path)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["periods"] = []
+    cfg["schedule"] = {"every": "quarter", "from": "2025Q3", "to": "2025Q4"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    code, out, err = run_cli(["gee", "plan", "--config", str(cfg_path), "--json"], capsys)
+    assert code == 0, err
+    assert [p["period"] for p in json.loads(out)["periods"]] == ["2025Q3", "2025Q4"]
+
+
 def test_plan_counts_tiles_pixels_and_requests_without_network(tmp_path, capsys, monkeypatch, no_credentials):
     monkeypatch.setattr(gee_pkg, "_EE", NoEE())
     cfg_path = write_config(tmp_path)
@@ -82,12 +96,13 @@ def test_plan_counts_tiles_pixels_and_requests_without_network(tmp_path, capsys,
     code, out, err = run_cli(["gee", "plan", "--config", str(cfg_path), "--json"], capsys)
     assert code == 0, err
     plan = json.loads(out)
-    assert [p["period"] for p in plan["periods"]] == ["2026Q1", "2025"]
-    assert plan["periods"][1]["start"] == "2025-01-01" and plan["periods"][1]["end_exclusive"] == "2026-01-01"
-    t = plan["periods"][0]["tiles"][0]
+    # the config's periods as every command sees them: expanded by the loader, oldest first
+    assert [p["period"] for p in plan["periods"]] == ["2025", "2026Q1"]
+    assert plan["periods"][0]["start"] == "2025-01-01" and plan["periods"][0]["end_exclusive"] == "2026-01-01"
+    t = plan["periods"][1]["tiles"][0]
     assert t["tile"] == tiles[0] and (t["width"], t["height"], t["pixels"]) == (640, 640, 640 * 640)
     assert t["cached"] and t["requests"] == 0
-    other = plan["periods"][1]["tiles"][0]
+    other = plan["periods"][0]["tiles"][0]
     assert not other["cached"] and other["requests"] == 1 and other["crs_transform"][0] == 10.0
     assert plan["totals"]["jobs"] == 2 * len(tiles) and plan["totals"]["cached"] == 1
     assert plan["totals"]["requests"] == 2 * len(tiles) - 1
@@ -95,7 +110,7 @@ def test_plan_counts_tiles_pixels_and_requests_without_network(tmp_path, capsys,
     code, out, err = run_cli(["gee", "plan", "--config", str(cfg_path), "--show-expression"], capsys)
     assert code == 0
     assert f"{len(tiles)} tiles, 1 cached" in out and "2025-01-01 .. 2026-01-01" in out
-    assert "ee.ImageCollection('COPERNICUS/S2_HARMONIZED').filterDate('2026-01-01', '2026-04-01')" in out
+    assert "ee.ImageCollection('COPERNICUS/S2_HARMONIZED').filterDate('2025-01-01', '2026-01-01')" in out
     assert "Cloud Score+ cs_cdf >= 0.6" in out and "requests" in out
 
 

@@ -154,16 +154,14 @@ def _tta_for(args, card: dict) -> str:
 
 
 def evaluate_chips_command(args) -> int:
+    from minescan.models import score_chips as cs
+    from minescan.models.chips import CHIP_BANDS, load_chips
+    from minescan.models.store import load_model
     from minescan.scan.device import setup as log_device
 
+    chips = load_chips(args.chips)  # validates before TensorFlow starts and the (slow) model load
     log_device()  # GPU memory growth; the device this TensorFlow job runs on, in its log
-    from minescan.models import score_chips as cs
-    from minescan.models.chips import load_chips
-    from minescan.models.store import load_model
-
-    chips = load_chips(args.chips)  # validates before the (slow) model load
     model = load_model(args.model, expect_kind="discovery")
-    from minescan.models.chips import CHIP_BANDS
 
     if list(model.bands) != list(CHIP_BANDS):
         raise InputDataError(f"{args.chips}: chips hold bands {', '.join(CHIP_BANDS)} (R, G, B) but model "

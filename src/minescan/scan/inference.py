@@ -561,6 +561,7 @@ class InferenceStats:
     read_s: float = 0.0  # reading + centring the input (in the read-ahead thread when streaming)
     compute_s: float = 0.0  # network time
     wall_s: float = 0.0
+    fallback: str = ""  # why a faster method could not run (e.g. a patch model not fully convolutional)
 
 
 def _output_size(h: int, w: int, kernel, strides, padding: str) -> tuple[int, int]:

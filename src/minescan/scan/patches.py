@@ -348,7 +348,7 @@ def patch_probabilities(net: PatchNet, read, norm: Normalisation, kx: range, ky:
     stats.flops = patch_flops(net, method, nx, ny)
     stats.read_s, stats.compute_s = clock["read_s"], clock["compute_s"]
     stats.wall_s = time.perf_counter() - t0
-    stats.extra["fcn_refused"] = net.reason
+    stats.fallback = net.reason or ""
     log.info("patch model (%s, stride %d px, %d-row strips x %d): %d x %d positions in %.2f s "
              "(%.1f GFLOP; read+normalise %.2f s, network %.2f s)%s", method, s, n, len(starts), nx, ny,
              stats.wall_s, stats.flops / 1e9, stats.read_s, stats.compute_s,
