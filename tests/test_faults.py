@@ -295,7 +295,8 @@ def test_unreadable_source_header_stops_the_plan_naming_the_file(tmp_path, capsy
     (tmp_path / "imagery" / "b.tif").write_bytes(b"not a tiff at all")
     cfg = _local_config(tmp_path, scene.parent)
     line = one_error_line(["plan", "--config", cfg], capsys)
-    assert "imagery/b.tif: source imagery its header cannot be read" in line and "source.local.paths" in line
+    assert "imagery/b.tif: source imagery: header cannot be read as a GeoTIFF" in line
+    assert "source.local.paths" in line
 
 
 def test_damaged_source_fails_only_the_tiles_it_covers(tmp_path, capsys):
