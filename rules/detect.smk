@@ -61,6 +61,7 @@ rule detect:
         gpu=0,
     shell:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile:q} "
-        "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} {params.threshold} "
+        "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
+        "{params.threshold} "
         "{params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} {params.grid} "
         "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"
