@@ -22,7 +22,8 @@ rule demo_scene:
         runtime=20,
     shell:
         "minescan demo-scene --region {input.region:q} --period {wildcards.period} --seed {params.seed} "
-        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene:q} --truth {output.truth:q} 2> {log:q}"
+        "--sites-per-tile {params.sites} {params.grid} --scene {output.scene:q} --truth {output.truth:q} "
+        "2> {log:q}"
 
 
 rule demo_training_scene:
@@ -71,7 +72,8 @@ rule demo_reference_layers:
         mem_mb=2000,
         runtime=10,
     shell:
-        "minescan demo-layers --truth {input.truth:q} --region {input.region:q} {params.layer} --seed {params.seed} "
+        "minescan demo-layers --truth {input.truth:q} --region {input.region:q} {params.layer} "
+        "--seed {params.seed} "
         "--concessions {output.concessions:q} --dams {output.dams:q} --indigenous {output.indigenous:q} "
         "--conservation {output.conservation:q} --admin {output.admin:q} 2> {log:q}"
 

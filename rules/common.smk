@@ -4,7 +4,8 @@
 # Shell safety: every path or free-text value reaches a rule's shell command either through Snakemake's
 # quoting ({input:q}, {output:q}, {log:q}, {params.x:q}) or, inside a compound argument string built here,
 # through shlex.quote; the unquoted rest are numbers, enums and names the schema constrains to a pattern
-# (bands, region.name, periods). tests/test_faults.py runs a scan whose results_dir holds a space and a $(...).
+# (bands, region.name, periods). tests/test_faults.py runs a scan whose paths and results_dir hold spaces,
+# quotes and a $(...).
 import re
 import shlex
 
@@ -32,7 +33,9 @@ GRID_ARGS = (
 )
 SCALE = config["source"]["reflectance_scale"]
 # the region file's layer, for every command that reads the region
-REGION_LAYER_ARG = f"--region-layer {shlex.quote(config['region']['layer'])}" if config["region"]["layer"] else ""
+REGION_LAYER_ARG = (
+    f"--region-layer {shlex.quote(config['region']['layer'])}" if config["region"]["layer"] else ""
+)
 DISCOVERY = config["models"]["discovery"]
 IMPACT = config["models"]["impact"]
 

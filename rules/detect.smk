@@ -89,7 +89,7 @@ rule detect:
         gpu=0,
     shell:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile:q} "
-        "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} {params.threshold} "
-        "{params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} --pyramid={params.pyramid:q} "
-        "{params.grid} --period {wildcards.period} "
+        "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
+        "{params.threshold} {params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} "
+        "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} "
         "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

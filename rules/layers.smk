@@ -56,8 +56,9 @@ rule layers:
         mem_mb=4000,
         runtime=30,
     shell:
-        "minescan layers --sites {input.sites:q} --outdir {params.outdir:q} --region {input.region:q} {params.layer} "
-        "--settings {params.settings:q} --region-name {wildcards.region} --period {wildcards.period} 2> {log:q}"
+        "minescan layers --sites {input.sites:q} --outdir {params.outdir:q} --region {input.region:q} "
+        "{params.layer} --settings {params.settings:q} --region-name {wildcards.region} "
+        "--period {wildcards.period} 2> {log:q}"
 
 
 if config["layers"]["map"]:
@@ -93,8 +94,9 @@ if config["layers"]["map"]:
             mem_mb=4000,
             runtime=30,
         shell:
-            "minescan webmap --sites {input.sites:q} --out {output:q} --region {input.region:q} {params.layer} "
-            "--tiles {input.tiles:q} --probabilities {input.probabilities:q} --detections {input.detections:q} "
+            "minescan webmap --sites {input.sites:q} --out {output:q} --region {input.region:q} "
+            "{params.layer} --tiles {input.tiles:q} --probabilities {input.probabilities:q} "
+            "--detections {input.detections:q} "
             "--scale {params.scale} --title {params.title:q} --settings {params.settings:q} "
             "--region-name {wildcards.region} --period {wildcards.period} 2> {log:q}"
 
@@ -152,7 +154,9 @@ rule report_plots:
     params:
         outdir=lambda wc, output: os.path.dirname(output.table),
         discovery=lambda wc, input: f"--discovery-card {shlex.quote(input.cards[0])}" if input.cards else "",
-        impact=lambda wc, input: f"--impact-card {shlex.quote(input.cards[1])}" if len(input.cards) > 1 else "",
+        impact=lambda wc, input: (
+            f"--impact-card {shlex.quote(input.cards[1])}" if len(input.cards) > 1 else ""
+        ),
     resources:
         mem_mb=2000,
         runtime=10,

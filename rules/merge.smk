@@ -46,7 +46,8 @@ rule merge:
         mem_mb=4000,
         runtime=30,
     shell:
-        "minescan merge --classified {input.classified:q} --outdir {params.outdir:q} --region {input.region:q} "
+        "minescan merge --classified {input.classified:q} --outdir {params.outdir:q} "
+        "--region {input.region:q} "
         "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
         "--discovery-model {params.discovery:q} --impact-model {params.impact:q} {params.threshold} "
         "{params.drop} --connectivity {params.connectivity} {params.truth} {params.prior} {params.patch_stride} "

@@ -27,7 +27,8 @@ if config["train"]["discovery"]:
             mem_mb=8000,
             runtime=240,
         shell:
-            "minescan train discovery --points {input.points:q} --images {input.images:q} --out {params.out:q} "
+            "minescan train discovery --points {input.points:q} --images {input.images:q} "
+            "--out {params.out:q} "
             "--bands {params.bands} --scale {params.scale} {params.args} > {log:q} 2>&1"
 
 

@@ -63,5 +63,6 @@ rule evaluate_amazon_rgb48:
         mem_mb=4000,
         runtime=10,
     shell:
-        "minescan evaluate-chips --model {params.model:q} --chips {input.chips:q} --out {output.scores:q} --json "
+        "minescan evaluate-chips --model {params.model:q} --chips {input.chips:q} "
+        "--out {output.scores:q} --json "
         "2> {log:q} | tail -n 1 > {output.metrics:q}"

@@ -295,7 +295,8 @@ def test_unreadable_source_header_stops_the_plan_naming_the_file(tmp_path, capsy
     (tmp_path / "imagery" / "b.tif").write_bytes(b"not a tiff at all")
     cfg = _local_config(tmp_path, scene.parent)
     line = one_error_line(["plan", "--config", cfg], capsys)
-    assert "imagery/b.tif: source imagery its header cannot be read" in line and "source.local.paths" in line
+    assert "imagery/b.tif: source imagery: header cannot be read as a GeoTIFF" in line
+    assert "source.local.paths" in line
 
 
 def test_damaged_source_fails_only_the_tiles_it_covers(tmp_path, capsys):
@@ -504,11 +505,13 @@ def test_clear_quadrants_and_test_scenes_raise_no_flag(tmp_path, caplog, tile_fi
     assert "like cloud" not in caplog.text and "swapped" not in caplog.text
 
 
-def test_swapped_band_descriptions_are_warned_about(tmp_path, caplog, tile_file, bright_model_dir):
+@pytest.mark.parametrize("other,colour", [("B2", "blue"), ("B4", "red")])
+def test_swapped_band_descriptions_are_warned_about(tmp_path, caplog, tile_file, bright_model_dir, other,
+                                                    colour):
     vegetation = {"B2": 0.03, "B3": 0.06, "B4": 0.04, "B8": 0.32, "B11": 0.16}
     right = _painted_tile(tmp_path, tile_file, "right.tif", vegetation)
     names = list(SENTINEL2_BANDS)
-    i, j = names.index("B2"), names.index("B8")
+    i, j = names.index(other), names.index("B8")
     names[i], names[j] = names[j], names[i]
     swapped = _painted_tile(tmp_path, tile_file, "swapped.tif", vegetation, descriptions=names)
     with caplog.at_level(logging.WARNING):
@@ -516,8 +519,8 @@ def test_swapped_band_descriptions_are_warned_about(tmp_path, caplog, tile_file,
     assert "swapped" not in caplog.text
     with caplog.at_level(logging.WARNING):
         assert cli(_detect(swapped, bright_model_dir, tmp_path)) == 0
-    warning = f"swapped.tif: quadrant NW of tile {TILE.name}: the near infrared (band B8) is darker"
-    assert warning in caplog.text
+    warning = f"swapped.tif: quadrant NW of tile {TILE.name}: the near infrared (band B8) is darker than the "
+    assert f"{warning}{colour} (band {other})" in caplog.text
 
 
 # ----------------------------------------------------------------------------------- atomic outputs

@@ -192,7 +192,8 @@ HOSTILE = {
     "registry_id": "</script><script>(window.__pwned=window.__pwned||[]).push('script-breakout')</script>",
     "registry_label": _payload("registry-label"),
     "overlay_name": _payload("overlay-name"),
-    "overlay_label": _payload("overlay-label") + "<script>(window.__pwned=window.__pwned||[]).push('s')</script>",
+    "overlay_label": _payload("overlay-label")
+    + "<script>(window.__pwned=window.__pwned||[]).push('s')</script>",
     "admin_name": "`+(window.__pwned=window.__pwned||[]).push('backtick')+`${(window.__pwned=[]).push(1)}",
     "site_id": "21S-`${(window.__pwned=window.__pwned||[]).push('site-id')}`" + _payload("site-id"),
     "title": _payload("title"),

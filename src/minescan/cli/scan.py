@@ -182,10 +182,12 @@ def register(sub) -> None:
     p.add_argument("--cloud-check", choices=["warn", "error", "off"], default="warn",
                    help="a quadrant mostly bright in B2, B3 and B4 (like cloud): warn, fail or do not check "
                    "(detect.cloud_check.action)")
-    p.add_argument("--cloud-min-reflectance", type=float, default=0.3, help="detect.cloud_check.min_reflectance")
+    p.add_argument("--cloud-min-reflectance", type=float, default=0.3,
+                   help="detect.cloud_check.min_reflectance")
     p.add_argument("--cloud-max-fraction", type=float, default=0.5, help="detect.cloud_check.max_fraction")
     p.add_argument("--band-order-check", action=argparse.BooleanOptionalAction, default=True,
-                   help="warn when NIR (B8) is darker than blue (B2) over most land (detect.band_order_check)")
+                   help="warn when NIR (B8) is darker than blue (B2) or red (B4) over most land "
+                   "(detect.band_order_check)")
     p.add_argument("--require-gpu", action="store_true",
                    help="fail (exit 2) when the job has no usable GPU instead of running on the CPU (detect.require_gpu)")
     p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",

@@ -55,7 +55,8 @@ def read_points(path) -> pd.DataFrame:
         raise InputDataError(f"{path}: points file not found")
     if path.suffix.lower() == ".csv":
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                             encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of 'lon'
         except pd.errors.EmptyDataError:
             raise InputDataError(f"{path}: points file is empty (need a header lon, lat, class[, impact])") \
                 from None

@@ -65,11 +65,12 @@ def preflight(cfg: dict, grid: GridSpec) -> None:
     exists and is not to be trained by this workflow; reading its card is enough, TensorFlow is not
     started), and the header of every local source GeoTIFF of every period (a file whose header cannot be
     read has no footprint, so it would be handed to, and fail, every tile)."""
-    model_dir = Path(cfg["models"]["discovery"])
-    if not cfg["train"]["discovery"] and (model_dir / CARD_FILE).is_file():
+    models, train = cfg.get("models") or {}, cfg.get("train") or {}
+    model_dir = Path(models.get("discovery") or "")
+    if models.get("discovery") and not train.get("discovery") and (model_dir / CARD_FILE).is_file():
         window = int(read_card(model_dir)["window"])
         check_halo(grid, FcnGeometry(window).halo_px, f"the {window} px discovery model {model_dir}")
-    if cfg["source"]["kind"] == "local":
+    if (cfg.get("source") or {}).get("kind") == "local":
         for period in cfg.get("periods") or [None]:
             try:
                 sources = expand_sources(cfg["source"]["local"]["paths"], period)

@@ -56,7 +56,7 @@ def _read_footprint(path: str, mtime_ns: int, size: int):
                 return "has no CRS"
             return ds.crs, tuple(ds.bounds)
     except RasterioError as exc:
-        return f"its header cannot be read as a GeoTIFF ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+        return f"header cannot be read as a GeoTIFF ({str(exc).splitlines()[0] if str(exc) else exc!r})"
 
 
 def _source_footprint(path: str, mtime_ns: int, size: int):
@@ -77,7 +77,8 @@ def check_source_headers(sources: list[str | Path]) -> None:
         st = path.stat()
         fp = _read_footprint(str(path), st.st_mtime_ns, st.st_size)
         if isinstance(fp, str):
-            raise InputDataError(f"{path}: source imagery {fp} (key 'source.local.paths'); replace or remove it")
+            raise InputDataError(f"{path}: source imagery: {fp} (key 'source.local.paths'); "
+                                 "replace or remove it")
 
 
 def sources_for_tile(tile: Tile, sources: list[str | Path]) -> list[str]:

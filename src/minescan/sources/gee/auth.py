@@ -258,8 +258,8 @@ def initialize(auth: AuthSettings, ee=None, credentials_factory=None):
     except Exception as exc:
         if is_network_error(exc):
             raise GeeAuthError(
-                f"cannot reach Earth Engine (network error: {redact(_first_line(exc))}); check this machine's "
-                "network, DNS and proxy settings (HTTPS_PROXY); the credentials were not checked"
+                f"cannot reach Earth Engine (network error: {redact(_first_line(exc))}); check this "
+                "machine's network, DNS and proxy settings (HTTPS_PROXY); the credentials were not checked"
             ) from None
         raise GeeAuthError(
             f"Earth Engine refused the {auth.describe()} for project '{auth.project}': {redact(_first_line(exc))}. "
@@ -274,9 +274,10 @@ def initialize(auth: AuthSettings, ee=None, credentials_factory=None):
 _NETWORK_TYPES = {"TransportError", "ServerNotFoundError", "NameResolutionError", "NewConnectionError",
                   "ConnectTimeoutError", "MaxRetryError", "ConnectionError", "ConnectTimeout", "ProxyError",
                   "gaierror", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError", "timeout"}
-_NETWORK_TEXT = re.compile(r"name or service not known|temporary failure in name resolution|failed to resolve|"
-                           r"nodename nor servname|unable to find the server|failed to establish a new connection|"
-                           r"network is unreachable|connection refused|timed out|no route to host", re.IGNORECASE)
+_NETWORK_TEXT = re.compile(r"name or service not known|temporary failure in name resolution|"
+                           r"failed to resolve|nodename nor servname|unable to find the server|"
+                           r"failed to establish a new connection|network is unreachable|connection refused|"
+                           r"timed out|no route to host", re.IGNORECASE)
 
 
 def is_network_error(exc: BaseException) -> bool:
