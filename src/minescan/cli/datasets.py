@@ -9,7 +9,7 @@ log = logging.getLogger("minescan")
 
 
 def cmd_grid(args) -> int:
-    from minescan.datasets.grid import build_grid, read_polygons, select_polygons, write_grid
+    from minescan.datasets.grid import build_grid, cell_size, read_polygons, select_polygons, write_grid
     from minescan.vector_io import read_region
 
     t0 = time.perf_counter()
@@ -21,7 +21,7 @@ def cmd_grid(args) -> int:
     gpkg, csv = write_grid(gdf, args.out)
     n_pos = int((gdf["label"] == "positive").sum())
     print(f"{args.polygons}: {len(polys)} polygons -> {n_pos} positive and {len(gdf) - n_pos} negative cells "
-          f"of {gdf['cell_m'].iloc[0] if len(gdf) else args.cell_m} m (zoom {args.zoom}) in "
+          f"of {cell_size(args.zoom, args.cell_m):g} m (zoom {args.zoom}) in "
           f"{time.perf_counter() - t0:.1f} s: {gpkg}, {csv}")
     return 0
 

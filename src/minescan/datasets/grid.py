@@ -102,7 +102,7 @@ def select_polygons(gdf: gpd.GeoDataFrame, spec: str | None, path) -> gpd.GeoDat
     col, sep, value = spec.partition("=")
     if not sep or col not in gdf.columns:
         raise InputDataError(f"{path}: --select {spec!r} needs COLUMN=VALUE with a column of the file "
-                             f"({', '.join(c for c in gdf.columns if c != 'geometry')})")
+                             f"({', '.join(c for c in gdf.columns if c not in ('geometry', 'polygon_index'))})")
     keep = gdf[col].astype(str) == value
     if not keep.any():
         raise InputDataError(f"{path}: no feature has {col} = {value!r}")

@@ -100,16 +100,34 @@ def blocks_of(kx: range, ky: range, n: int) -> tuple[list[range], list[range]]:
             [range(a, min(a + n, ky.stop)) for a in range(ky.start, ky.stop, n)])
 
 
+def coarse_sums(raw: np.ndarray, factor: int, nodata: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sums (H//f, W//f, B) float32 of the valid pixels of each f x f block, their counts int32); a pixel
+    is valid when no band equals ``nodata``. H and W must be multiples of f. The float32 sums of uint16
+    values are exact up to f = 16 (256 x 65535 < 2^24)."""
+    h, w, b = raw.shape
+    f = factor
+    valid = np.all(raw != nodata, axis=-1)
+    x = raw.astype(np.float32)
+    x *= valid[..., None]
+    s = x.reshape(h, w // f, f, b).sum(axis=2).reshape(h // f, f, w // f, b).sum(axis=1)
+    n = valid.reshape(h, w // f, f).sum(axis=2, dtype=np.int32).reshape(h // f, f, w // f).sum(axis=1)
+    return s, n
+
+
+def pool_sums(s: np.ndarray, n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of k x k groups of coarse pixels (a coarser level from a finer one)."""
+    h, w, b = s.shape
+    s = s.reshape(h, w // k, k, b).sum(axis=2).reshape(h // k, k, w // k, b).sum(axis=1)
+    n = n.reshape(h, w // k, k).sum(axis=2).reshape(h // k, k, w // k).sum(axis=1)
+    return s, n
+
+
 def coarse_mean(raw: np.ndarray, factor: int, nodata: float) -> np.ndarray:
     """(H, W, B) -> (H//f, W//f, B) float32 mean of the valid pixels of each f x f block (NaN if none);
     a pixel is valid when no band equals ``nodata``. H and W must be multiples of f."""
-    h, w, b = raw.shape
-    valid = np.all(raw != nodata, axis=-1)
-    x = np.where(valid[..., None], raw, 0).astype(np.float64)
-    s = x.reshape(h // factor, factor, w // factor, factor, b).sum(axis=(1, 3))
-    n = valid.reshape(h // factor, factor, w // factor, factor).sum(axis=(1, 3))
+    s, n = coarse_sums(raw, factor, nodata)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (s / n[..., None]).astype(np.float32)
+        return s / n[..., None].astype(np.float32)
 
 
 def ndvi_score(coarse: np.ndarray) -> np.ndarray:
@@ -142,9 +160,16 @@ def spectral_scores(raster, bands: list[int], bx: list[range], by: list[range], 
     for j, ry in enumerate(by):
         r0, r1 = _aligned(ry.start * STRIDE - m, ry.stop * STRIDE + m, fmax)
         raw = raster.read_px(c0, r0, c1, r1, bands)
+        sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for f in sorted({lv.factor for lv in pyr.levels}):  # fine to coarse: coarser sums from finer ones
+            finer = [g for g in sums if f % g == 0]
+            sums[f] = pool_sums(*sums[max(finer)], f // max(finer)) if finer else \
+                coarse_sums(raw, f, raster.nodata)
         for k, lv in enumerate(pyr.levels):
             f = lv.factor
-            score = ndvi_score(coarse_mean(raw, f, raster.nodata))
+            s_, n_ = sums[f]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                score = ndvi_score(s_ / n_[..., None].astype(np.float32))
             score = np.where(np.isfinite(score), score, -np.inf)
             for i, rx in enumerate(bx):
                 a, b = (rx.start * STRIDE - m - c0) // f, -(-(rx.stop * STRIDE + m - c0) // f)
