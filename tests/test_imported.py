@@ -432,3 +432,24 @@ def test_dag_scans_with_an_imported_patch_model(tmp_path, impact_model_dir):
     assert (sites["n_cells"] == np.round(cells)).all()
     log = (d / "results" / "logs" / "tiny" / "2026Q1" / "detect" / f"{tiles[0].name}_NW.log").read_text()
     assert "patch model (fcn, stride 24 px" in log
+
+
+def test_safety_check_on_hand_written_configs():
+    """Old Keras Sequential configs (a bare list of layers), nested models and stray code references."""
+    from minescan.models.imported import check_safe
+
+    conv = {"class_name": "Conv2D", "config": {"name": "c", "activation": "relu"}}
+    check_safe({"class_name": "Sequential", "config": [conv]}, "ok.h5")
+    lam = {"class_name": "Lambda", "config": {"name": "l", "function": ["4wEAAAAA", None, None]}}
+    for cfg in ({"class_name": "Sequential", "config": [conv, lam]},
+                {"class_name": "Sequential", "config": {"name": "s", "layers": [
+                    {"class_name": "Sequential", "config": {"name": "inner", "layers": [lam]}}]}}):
+        with pytest.raises(ModelError, match="Lambda"):
+            check_safe(cfg, "bad.h5")
+    with pytest.raises(ModelError, match="activation"):
+        check_safe({"class_name": "Sequential", "config": [
+            {"class_name": "Dense", "config": {"name": "d", "activation": {"class_name": "function",
+                                                                          "config": "my_act"}}}]}, "x.h5")
+    with pytest.raises(ModelError, match="module 'evil'"):
+        check_safe({"class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"class_name": "Dense", "module": "evil", "config": {"name": "d"}}]}}, "x.h5")

@@ -154,12 +154,17 @@ def check_safe(config: dict, source: str) -> None:
         if act is not None and not (isinstance(act, str) and act in ALLOWED_ACTIVATIONS):
             raise ModelError(f"{source}: layer '{name}' has activation {act!r}, which is not a built-in "
                              "Keras activation")
-        for sub in cfg.get("layers", []) or []:
+        # nested layers: config["layers"], or (Keras < 2.3 Sequential) the config is the list itself
+        subs = node.get("config") if isinstance(node.get("config"), list) else cfg.get("layers", [])
+        for sub in subs or []:
             if isinstance(sub, dict):
                 layer(sub)
 
     def code(node) -> None:
         if isinstance(node, dict):
+            if "Lambda" in str(node.get("class_name", "")):  # wherever it sits
+                raise ModelError(f"{source}: the model configuration holds a {node['class_name']} layer "
+                                 "(it would run Python code stored in the file)")
             for key, value in node.items():
                 if key in ("function", "output_shape_module", "function_type") and value not in (None, ""):
                     raise ModelError(f"{source}: the model configuration holds code ({key})")
