@@ -66,8 +66,12 @@ def main() -> int:
             for mode in ("quadrant", "tile"):
                 work = tmp / f"{mode}{r}"
                 shutil.copytree(base, work)
-                write_tiny_config(work, tmp / "models" / "discovery", tmp / "models" / "impact",
-                                  detect={"block_cells": 7, "quadrants_per_job": mode})
+                write_tiny_config(
+                    work,
+                    tmp / "models" / "discovery",
+                    tmp / "models" / "impact",
+                    detect={"block_cells": 7, "quadrants_per_job": mode},
+                )
                 # the tiles first (not timed), then the detect jobs and the rest of the scan
                 run_snakemake(work, "--until", "tile", profile_args=("--cores", "1"))
                 t0 = time.monotonic()
@@ -75,9 +79,15 @@ def main() -> int:
                 wall = time.monotonic() - t0
                 jobs, seconds = detect_seconds(work)
                 rows[mode].append((jobs, seconds, wall, os.getloadavg()[0]))
-                print(f"{mode:8s} run {r}: {jobs} detect jobs, {seconds:6.1f} s in detect jobs, "
-                      f"{wall:6.1f} s whole run (load {os.getloadavg()[0]:.1f})", flush=True)
-        q, t = tmp / "quadrant0" / "results" / "tiny" / "2026Q1", tmp / "tile0" / "results" / "tiny" / "2026Q1"
+                print(
+                    f"{mode:8s} run {r}: {jobs} detect jobs, {seconds:6.1f} s in detect jobs, "
+                    f"{wall:6.1f} s whole run (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+        q, t = (
+            tmp / "quadrant0" / "results" / "tiny" / "2026Q1",
+            tmp / "tile0" / "results" / "tiny" / "2026Q1",
+        )
         for f in sorted(q.glob("quadrants/*/*.csv")) + [q / "summary.json", q / "detections.csv"]:
             if not filecmp.cmp(f, t / f.relative_to(q), shallow=False):
                 print(f"bench_tile_jobs: {f.relative_to(q)} differs between the two ways", file=sys.stderr)
@@ -86,8 +96,11 @@ def main() -> int:
         n_q = 4 * args.tiles
         print(f"\n{args.tiles} tiles, {n_q} quadrants (best of {args.repeat}):")
         for m, (jobs, s, wall, _) in best.items():
-            print(f"  per {m:8s}: {jobs:2d} detect jobs, {s:6.1f} s of detect jobs ({s / n_q:.2f} s per quadrant), "
-                  f"whole run {wall:.1f} s")
+            print(
+                f"  per {m:8s}: {jobs:2d} detect jobs, {s:6.1f} s of detect jobs ({s / n_q:.2f} s per "
+                f"quadrant), "
+                f"whole run {wall:.1f} s"
+            )
         saved = (best["quadrant"][1] - best["tile"][1]) / (n_q - args.tiles)
         print(f"  saved per job avoided: {saved:.2f} s (process start, TensorFlow import, model load)")
         print("  quadrant outputs identical: yes")

@@ -45,8 +45,10 @@ DATASHEET_TFLOPS = {
     "V100": {"float32": 15.7, "float16": 125.0},
     "T4": {"float32": 8.1, "float16": 65.0},
 }
-FCN_LINE = re.compile(r"FCN \((\w+), (\d+)-cell \w+ x (\d+)\): .* in ([\d.]+) s \(([\d.]+) GFLOP, ([\d.]+) GFLOP/s; "
-                      r"read\+normalise ([\d.]+) s, network ([\d.]+) s\)")
+FCN_LINE = re.compile(
+    r"FCN \((\w+), (\d+)-cell \w+ x (\d+)\): .* in ([\d.]+) s \(([\d.]+) GFLOP, ([\d.]+) GFLOP/s; "
+    r"read\+normalise ([\d.]+) s, network ([\d.]+) s\)"
+)
 
 
 def matmul_gflops(precision: str) -> float:
@@ -55,7 +57,7 @@ def matmul_gflops(precision: str) -> float:
     n = 4096
     dtype = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[precision]
     a, b = (tf.cast(tf.random.normal((n, n)), dtype) for _ in range(2))
-    f = tf.function(lambda a, b: tf.linalg.matmul(a, b))
+    f = tf.function(tf.linalg.matmul)
     f(a, b).numpy()
     best = 1e9
     for _ in range(5):
@@ -75,7 +77,9 @@ def datasheet(name: str, precision: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2304 px tile (1152 px quadrants): a check, not a figure")
+    ap.add_argument(
+        "--quick", action="store_true", help="2304 px tile (1152 px quadrants): a check, not a figure"
+    )
     ap.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--max-block-mb", type=float, default=None, help="default: from the device (as the rule)")
     ap.add_argument("--keep", default=None, help="work directory to keep (default: a temporary one)")
@@ -105,18 +109,53 @@ def main() -> int:
         def detect(tag: str) -> dict:
             q = work / f"q{tag}"
             extra = ["--max-block-mb", str(args.max_block_mb)] if args.max_block_mb else []
-            r = bq.run([*bq.minescan_cmd(), "detect", "--tile", bq.tile_id(tile_px), "--quadrant", "NW",
-                        "--tile-path", str(tile_path), "--model", str(fcn), "--region", str(work / "region.geojson"),
-                        "--impact-model", str(impact), "--threshold", "0.999", "--precision", args.precision,
-                        *extra, "--prob-out", str(q / "probability.tif"), "--candidates-out",
-                        str(q / "candidates.csv"), *bq.grid_args(tile_px)], "minescan detect")
+            r = bq.run(
+                [
+                    *bq.minescan_cmd(),
+                    "detect",
+                    "--tile",
+                    bq.tile_id(tile_px),
+                    "--quadrant",
+                    "NW",
+                    "--tile-path",
+                    str(tile_path),
+                    "--model",
+                    str(fcn),
+                    "--region",
+                    str(work / "region.geojson"),
+                    "--impact-model",
+                    str(impact),
+                    "--threshold",
+                    "0.999",
+                    "--precision",
+                    args.precision,
+                    *extra,
+                    "--prob-out",
+                    str(q / "probability.tif"),
+                    "--candidates-out",
+                    str(q / "candidates.csv"),
+                    *bq.grid_args(tile_px),
+                ],
+                "minescan detect",
+            )
             m = FCN_LINE.search(r["stderr"])
             if not m:
                 raise SystemExit(f"no FCN line in the job's log:\n{r['stderr'][-3000:]}")
-            device_line = next((x.split(": ", 2)[-1] for x in r["stderr"].splitlines() if "device: " in x), "?")
-            return {"wall_s": r["wall_s"], "rss_mb": r["rss_mb"], "method": m.group(1), "strip_cells": int(m.group(2)),
-                    "strips": int(m.group(3)), "fcn_s": float(m.group(4)), "gflop": float(m.group(5)),
-                    "read_s": float(m.group(7)), "net_s": float(m.group(8)), "device": device_line}
+            device_line = next(
+                (x.split(": ", 2)[-1] for x in r["stderr"].splitlines() if "device: " in x), "?"
+            )
+            return {
+                "wall_s": r["wall_s"],
+                "rss_mb": r["rss_mb"],
+                "method": m.group(1),
+                "strip_cells": int(m.group(2)),
+                "strips": int(m.group(3)),
+                "fcn_s": float(m.group(4)),
+                "gflop": float(m.group(5)),
+                "read_s": float(m.group(7)),
+                "net_s": float(m.group(8)),
+                "device": device_line,
+            }
 
         detect("_warm")
         j = detect("")
@@ -125,28 +164,46 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     gflops = j["gflop"] / j["fcn_s"]
-    print(f"\nquadrant {q_px} x {q_px} px = {km2:.0f} km2, FCN input span {j['gflop']:.1f} GFLOP "
-          f"({j['method']}, {j['strips']} strip(s) of {j['strip_cells']} cells; precision {args.precision})")
+    print(
+        f"\nquadrant {q_px} x {q_px} px = {km2:.0f} km2, FCN input span {j['gflop']:.1f} GFLOP "
+        f"({j['method']}, {j['strips']} strip(s) of {j['strip_cells']} cells; precision {args.precision})"
+    )
     print(f"job's device line: {j['device']}")
-    print(f"detect job (start-up, read, FCN, impact CNN, writes): {j['wall_s']:.2f} s = {km2 / j['wall_s']:.0f} km2/s; "
-          f"peak RSS {j['rss_mb']:.0f} MB")
+    print(
+        f"detect job (start-up, read, FCN, impact CNN, writes): {j['wall_s']:.2f} s = "
+        f"{km2 / j['wall_s']:.0f} km2/s; "
+        f"peak RSS {j['rss_mb']:.0f} MB"
+    )
     print(f"streamed FCN: {j['fcn_s']:.2f} s = {km2 / j['fcn_s']:.0f} km2/s, {gflops:.0f} GFLOP/s achieved")
-    print(f"  vs dense {args.precision} matmul measured here: {ceiling:.0f} GFLOP/s ({100 * gflops / ceiling:.0f} %)")
+    print(
+        f"  vs dense {args.precision} matmul measured here: {ceiling:.0f} GFLOP/s "
+        f"({100 * gflops / ceiling:.0f} %)"
+    )
     if dev.kind == "GPU":
         print(f"  vs data-sheet peak of {dev.name}: {datasheet(dev.name, args.precision)}")
     read_share, net_share = j["read_s"] / j["fcn_s"], j["net_s"] / j["fcn_s"]
-    print(f"time of the FCN stream: reading + decoding the tile {j['read_s']:.2f} s ({100 * read_share:.0f} %, "
-          f"read-ahead thread), network {j['net_s']:.2f} s ({100 * net_share:.0f} %)")
+    print(
+        f"time of the FCN stream: reading + decoding the tile {j['read_s']:.2f} s ({100 * read_share:.0f} %, "
+        f"read-ahead thread), network {j['net_s']:.2f} s ({100 * net_share:.0f} %)"
+    )
     if j["read_s"] >= j["net_s"]:
-        print("  -> I/O-bound: the network waits for the reader (reading overlaps compute; faster decoding, "
-              "more cores per job or an uncompressed tile would help, a faster device would not)")
+        print(
+            "  -> I/O-bound: the network waits for the reader (reading overlaps compute; faster decoding, "
+            "more cores per job or an uncompressed tile would help, a faster device would not)"
+        )
     else:
         print("  -> compute-bound: the reader waits for the network")
     other = j["wall_s"] - j["fcn_s"]
-    print(f"Brazil, {BRAZIL_QUADRANTS} quadrants at this rate: {BRAZIL_QUADRANTS * j['wall_s'] / 3600:.1f} h of "
-          f"job time with one job per quadrant; start-up and writes are {other:.2f} s of each job "
-          f"({BRAZIL_QUADRANTS * j['fcn_s'] / 3600:.1f} h if only the FCN stream counted; "
-          "detect.quadrants_per_job: tile shares one start-up among 4)")
+    if args.quick:
+        print("(--quick: small quadrants, no Brazil estimate)")
+        return 0
+    print(
+        f"Brazil, {BRAZIL_QUADRANTS} quadrants at this rate: "
+        f"{BRAZIL_QUADRANTS * j['wall_s'] / 3600:.1f} h of "
+        f"job time with one job per quadrant; start-up and writes are {other:.2f} s of each job "
+        f"({BRAZIL_QUADRANTS * j['fcn_s'] / 3600:.1f} h if only the FCN stream counted; "
+        "detect.quadrants_per_job: tile shares one start-up among 4)"
+    )
     return 0
 
 

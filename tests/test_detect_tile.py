@@ -1,5 +1,6 @@
 """detect.quadrants_per_job: tile runs a tile's four quadrants in one detect job and process, with the same
-per-quadrant files, byte for byte, as one job per quadrant; tiles on the region's edge keep per-quadrant jobs."""
+per-quadrant files, byte for byte, as one job per quadrant; tiles on the region's edge keep one job per
+quadrant."""
 
 import shutil
 import subprocess
@@ -37,8 +38,12 @@ def scans(tmp_path_factory):
     write_tiny_scene(base, tiles, mine_squares(tiles))
     write_tiny_config(base, models / "discovery", models / "impact")
     shutil.copytree(base, tmp / "tile")
-    write_tiny_config(tmp / "tile", models / "discovery", models / "impact",
-                      detect={"block_cells": 7, "quadrants_per_job": "tile"})
+    write_tiny_config(
+        tmp / "tile",
+        models / "discovery",
+        models / "impact",
+        detect={"block_cells": 7, "quadrants_per_job": "tile"},
+    )
     return snakefile, base, tmp / "tile", tiles[0]
 
 
@@ -48,7 +53,9 @@ def test_one_job_per_tile_gives_the_same_files(scans):
     r = run_snakemake(per_tile, TARGET, snakefile=snakefile)
     assert job_counts(r.stdout + r.stderr) == {"tile": 1, "detect_tile": 1, "classify": 4, "merge": 1}
     a, b = (d / "results" / "tiny" / "2026Q1" for d in (per_quadrant, per_tile))
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".kml"))
+    files = sorted(
+        p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".kml")
+    )
     assert len([f for f in files if f.parts[0] == "quadrants"]) == 8
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f"{f} differs"
@@ -85,9 +92,33 @@ def test_edge_tiles_keep_one_job_per_quadrant(tmp_path):
 
 def test_detect_needs_one_output_pair_per_quadrant(tmp_path, bright_model_dir):
     t = grid_tile()
-    r = subprocess.run([sys.executable, "-m", "minescan.cli", "detect", "--tile", t.name, "--quadrant", "NW", "NE",
-                        "--tile-path", str(tmp_path / "t.tif"), "--model", str(bright_model_dir), "--region",
-                        str(tmp_path / "r.geojson"), "--prob-out", str(tmp_path / "p.tif"), "--candidates-out",
-                        str(tmp_path / "c1.csv"), str(tmp_path / "c2.csv")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minescan.cli",
+            "detect",
+            "--tile",
+            t.name,
+            "--quadrant",
+            "NW",
+            "NE",
+            "--tile-path",
+            str(tmp_path / "t.tif"),
+            "--model",
+            str(bright_model_dir),
+            "--region",
+            str(tmp_path / "r.geojson"),
+            "--prob-out",
+            str(tmp_path / "p.tif"),
+            "--candidates-out",
+            str(tmp_path / "c1.csv"),
+            str(tmp_path / "c2.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("minescan: error: detect: 2 quadrants but 1 --prob-out")
+    assert (
+        r.stderr.strip().splitlines()[-1].startswith("minescan: error: detect: 2 quadrants but 1 --prob-out")
+    )

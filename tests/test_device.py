@@ -36,11 +36,19 @@ REAL_CHIPS = SHARED / "data" / "real-chips" / "dev.npz"
 
 # ------------------------------------------------------------------------------------------ the device
 def test_a_gpu_job_names_the_model_and_its_memory():
-    d = describe(["GPU:0"], A100, built_with_cuda=True, threads=8, env={"CUDA_VISIBLE_DEVICES": "3"},
-                 memory=(40960, 40321))
+    d = describe(
+        ["GPU:0"],
+        A100,
+        built_with_cuda=True,
+        threads=8,
+        env={"CUDA_VISIBLE_DEVICES": "3"},
+        memory=(40960, 40321),
+    )
     assert (d.kind, d.label, d.free_mb) == ("GPU", "GPU NVIDIA A100-SXM4-40GB", 40321)
-    assert d.log_line() == ("device: GPU NVIDIA A100-SXM4-40GB (40960 MB, 40321 MB free), memory growth on, "
-                            "CUDA_VISIBLE_DEVICES=3")
+    assert d.log_line() == (
+        "device: GPU NVIDIA A100-SXM4-40GB (40960 MB, 40321 MB free), memory growth on, "
+        "CUDA_VISIBLE_DEVICES=3"
+    )
     assert describe(["GPU:0"], A100, built_with_cuda=True, threads=8, env={}, require_gpu=True).kind == "GPU"
 
 
@@ -50,16 +58,21 @@ def test_a_cpu_job_names_its_threads_and_a_gpu_it_could_not_use():
     for env in ({"CUDA_VISIBLE_DEVICES": ""}, {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}):  # SLURM: none given
         assert describe([], None, built_with_cuda=True, threads=4, env=env).note == ""
     given = describe([], None, built_with_cuda=False, threads=4, env={"CUDA_VISIBLE_DEVICES": "0"})
-    assert given.label == "CPU" and given.log_line().startswith("device: CPU, 4 threads; a GPU was assigned "
-                                                                "(CUDA_VISIBLE_DEVICES=0) but")
+    assert given.label == "CPU" and given.log_line().startswith(
+        "device: CPU, 4 threads; a GPU was assigned (CUDA_VISIBLE_DEVICES=0) but"
+    )
     assert "tensorflow-cpu" in given.note and given.note.endswith("running on the CPU")
     driver = describe([], None, built_with_cuda=True, threads=4, env={"CUDA_VISIBLE_DEVICES": "0"})
     assert "no usable GPU" in driver.note
 
 
 def test_require_gpu_fails_clearly_without_one():
-    with pytest.raises(DeviceError, match=r"detect.require_gpu .*\(CUDA_VISIBLE_DEVICES=1\) .*tensorflow-cpu"):
-        describe([], None, built_with_cuda=False, threads=2, env={"CUDA_VISIBLE_DEVICES": "1"}, require_gpu=True)
+    with pytest.raises(
+        DeviceError, match=r"detect.require_gpu .*\(CUDA_VISIBLE_DEVICES=1\) .*tensorflow-cpu"
+    ):
+        describe(
+            [], None, built_with_cuda=False, threads=2, env={"CUDA_VISIBLE_DEVICES": "1"}, require_gpu=True
+        )
     with pytest.raises(DeviceError, match="no GPU was assigned"):
         describe([], None, built_with_cuda=True, threads=2, env={}, require_gpu=True)
 
@@ -70,7 +83,9 @@ def test_strip_budget_from_the_free_gpu_memory_capped_by_the_host():
     assert block_budget_mb(gpu, DEFAULT_MAX_BLOCK_MB, host_mb=16000) == 12000  # (16000 - 1000) / 1.25
     assert block_budget_mb(gpu, DEFAULT_MAX_BLOCK_MB, host_mb=1200) == DEFAULT_MAX_BLOCK_MB  # never below
     assert block_budget_mb(Device("GPU", "x", 8), DEFAULT_MAX_BLOCK_MB) == DEFAULT_MAX_BLOCK_MB  # unknown
-    assert block_budget_mb(Device("CPU", "CPU", 2), DEFAULT_MAX_BLOCK_MB, host_mb=64000) == DEFAULT_MAX_BLOCK_MB
+    assert (
+        block_budget_mb(Device("CPU", "CPU", 2), DEFAULT_MAX_BLOCK_MB, host_mb=64000) == DEFAULT_MAX_BLOCK_MB
+    )
     assert device.host_limit_mb({"SLURM_MEM_PER_NODE": "16000"}) == 16000
     assert device.host_limit_mb({"SLURM_MEM_PER_CPU": "2000", "SLURM_CPUS_ON_NODE": "4"}) == 8000
 
@@ -116,7 +131,10 @@ def test_reduced_precision_stays_within_its_documented_tolerance(fcn, precision)
     g, img, norm = FcnGeometry(201), _image(), _norm()
     diff = _max_diff(fcn, g, img, norm, range(2, 15), range(1, 12), precision)
     assert 1e-5 < diff <= device.PRECISION_TOLERANCE[precision], diff
-    assert _max_diff(fcn, g, img, norm, range(2, 15), range(1, 12), "float32") <= device.PRECISION_TOLERANCE["float32"]
+    assert (
+        _max_diff(fcn, g, img, norm, range(2, 15), range(1, 12), "float32")
+        <= device.PRECISION_TOLERANCE["float32"]
+    )
 
 
 @pytest.mark.skipif(not REAL_CHIPS.exists(), reason=f"real chips not found at {REAL_CHIPS}")
@@ -151,17 +169,45 @@ def tiny_job(tmp_path_factory, bright_model_dir):
 
     d = tmp_path_factory.mktemp("device")
     t = grid_tile()
-    make_tile(t, [write_scene(d / "scene.tif", [t], squares=[(0, 0, 1, 1)])], list(SENTINEL2_BANDS), d / "tile.tif")
-    gpd.GeoDataFrame(geometry=[to_crs(box(*t.core_bounds), t.id.epsg, 4326)], crs=4326).to_file(d / "r.geojson")
+    make_tile(
+        t, [write_scene(d / "scene.tif", [t], squares=[(0, 0, 1, 1)])], list(SENTINEL2_BANDS), d / "tile.tif"
+    )
+    gpd.GeoDataFrame(geometry=[to_crs(box(*t.core_bounds), t.id.epsg, 4326)], crs=4326).to_file(
+        d / "r.geojson"
+    )
 
     def run(out: Path, *extra, env=None):
         out.mkdir(parents=True, exist_ok=True)
         return subprocess.run(
-            [sys.executable, "-m", "minescan.cli", "detect", "--tile", t.name, "--quadrant", "NW", "--tile-path",
-             str(d / "tile.tif"), "--model", str(bright_model_dir), "--region", str(d / "r.geojson"), "--tile-px",
-             str(t.grid.tile_px), "--halo-px", str(t.grid.halo_px), "--prob-out", str(out / "probability.tif"),
-             "--candidates-out", str(out / "candidates.csv"), *extra],
-            capture_output=True, text=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "minescan.cli",
+                "detect",
+                "--tile",
+                t.name,
+                "--quadrant",
+                "NW",
+                "--tile-path",
+                str(d / "tile.tif"),
+                "--model",
+                str(bright_model_dir),
+                "--region",
+                str(d / "r.geojson"),
+                "--tile-px",
+                str(t.grid.tile_px),
+                "--halo-px",
+                str(t.grid.halo_px),
+                "--prob-out",
+                str(out / "probability.tif"),
+                "--candidates-out",
+                str(out / "candidates.csv"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
 
     return run
 

@@ -50,7 +50,7 @@ def test_cpu_profile_is_the_gpu_profile_without_the_gpus():
 
 def test_site_settings_are_marked_in_one_place():
     text = (ROOT / "profiles" / "slurm" / "config.yaml").read_text()
-    block = text[text.index("SITE SETTINGS"): text.index("END OF SITE SETTINGS")]
+    block = text[text.index("SITE SETTINGS") : text.index("END OF SITE SETTINGS")]
     site_lines = [line for line in text.splitlines() if re.search(r"#\s*SITE\b", line)]
     assert site_lines and all(line in block for line in site_lines)
     assert all(v in block for v in ('slurm_partition: "cpu"', '"gpu"', '"gpu:1"', "slurm_account"))
@@ -70,15 +70,21 @@ def tiny(tmp_path_factory):
 def _jobs(dry_run: str) -> dict[str, str]:
     """rule -> resources line of its first job in a dry run's output."""
     out = {}
-    for m in re.finditer(r"^ *rule (\w+):\n(?: +.*\n)*? +resources: (.*)$", dry_run, re.M):  # grouped: indented
+    for m in re.finditer(
+        r"^ *rule (\w+):\n(?: +.*\n)*? +resources: (.*)$", dry_run, re.M
+    ):  # grouped: indented
         out.setdefault(m.group(1), m.group(2))
     return out
 
 
 @pytest.mark.parametrize("profile", ["slurm", "slurm-cpu"])
 def test_profiles_dry_run_with_their_partitions_and_gpus(tiny, profile):
-    r = run_snakemake(tiny, "-n", "results/tiny/2026Q1/summary.json",
-                      profile_args=("--profile", str(ROOT / "profiles" / profile)))
+    r = run_snakemake(
+        tiny,
+        "-n",
+        "results/tiny/2026Q1/summary.json",
+        profile_args=("--profile", str(ROOT / "profiles" / profile)),
+    )
     jobs = _jobs(r.stdout + r.stderr)
     assert set(jobs) == {"tile", "detect", "classify", "merge"}, jobs
     for rule, res in jobs.items():
@@ -89,7 +95,11 @@ def test_profiles_dry_run_with_their_partitions_and_gpus(tiny, profile):
 
 @pytest.mark.parametrize("profile", ["slurm", "slurm-cpu"])
 def test_profiles_lint_clean(profile):
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--profile", str(ROOT / "profiles" / profile)],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--profile", str(ROOT / "profiles" / profile)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Lints for" not in out, out[-4000:]

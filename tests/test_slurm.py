@@ -153,11 +153,13 @@ def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
     for q in sorted(p.relative_to(out_local) for p in (out_local / "quadrants").glob("*/*.csv")):
         assert (out_slurm / q).read_bytes() == (out_local / q).read_bytes(), f"{q} differs"
     assert (on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "merge.log").exists()
-    # every TensorFlow job says it was given a GPU it cannot use (tensorflow-cpu, /dev/null) and ran on the CPU
+    # every TensorFlow job says it got a GPU it cannot use (tensorflow-cpu, /dev/null) and ran on the CPU
+    logs = on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "detect"
     for quadrant in ("NW", "NE", "SW", "SE"):
-        job_log = on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}_{quadrant}.log"
-        line = next(x for x in job_log.read_text().splitlines() if "device: " in x)
-        assert re.search(r"device: CPU, \d+ threads; a GPU was assigned \(CUDA_VISIBLE_DEVICES=\d\)", line), line
+        text = (logs / f"{TILES[0].name}_{quadrant}.log").read_text()
+        line = next(x for x in text.splitlines() if "device: " in x)
+        assert re.search(r"device: CPU, \d+ threads; a GPU was assigned \(CUDA_VISIBLE_DEVICES=\d", line), \
+            line
     summary = json.loads((out_slurm / "summary.json").read_text())
     assert summary["jobs_per_device"] == {"detect": {"CPU": 4 * len(TILES)}}
     assert (on_slurm / "results" / "benchmarks" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}_NW.tsv").exists()

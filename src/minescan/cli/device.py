@@ -1,5 +1,6 @@
 """``minescan device``: the device a detect/classify job would run on here (minescan.scan.device), to check
-an environment (``make venv-gpu`` runs it) or a GPU node (``srun --gres=gpu:1 .venv-gpu/bin/minescan device``)."""
+an environment (``make venv-gpu`` runs it) or a GPU node
+(``srun --gres=gpu:1 .venv-gpu/bin/minescan device --require-gpu``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def cmd_device(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("device", help="print the device (GPU model and memory, or CPU and threads) jobs run on here")
+    p = sub.add_parser(
+        "device", help="print the device (GPU model and memory, or CPU and threads) jobs run on here"
+    )
     p.add_argument("--require-gpu", action="store_true", help="exit 2 when there is no usable GPU")
     p.set_defaults(func=cmd_device)

@@ -57,10 +57,11 @@ def cmd_detect(args) -> int:
     from minescan.vector_io import read_region
 
     import_keras_lean()
-    dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device log line
-    max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB, device.host_limit_mb())
+    dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, the device line
+    max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB,
+                                                               device.host_limit_mb())
     if not args.max_block_mb and dev.kind == "GPU":
-        log.info("strip budget %.0f MB from the GPU's free memory (detect.max_block_mb not set)", max_block_mb)
+        log.info("strip budget %.0f MB from the GPU's free memory (detect.max_block_mb unset)", max_block_mb)
     model = load_model(args.model, expect_kind="discovery")
     impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
     region = read_region(args.region, args.region_layer)
@@ -78,8 +79,8 @@ def cmd_detect(args) -> int:
     # several quadrants (detect.quadrants_per_job: tile): one TensorFlow start and model load for all
     for quadrant, prob_out, cands_out in zip(args.quadrant, args.prob_out, args.candidates_out, strict=True):
         with compute_precision(args.precision):
-            run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale, args.threshold,
-                       args.block_cells, prob_out, cands_out, args.on_empty,
+            run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale,
+                       args.threshold, args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
                        impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label},
                        patch_stride=args.patch_stride, patch_method=args.patch_inference, pyramid=pyramid)
@@ -110,7 +111,7 @@ def cmd_merge(args) -> int:
     threshold = args.threshold if args.threshold is not None else scan_threshold(card)
     cell_px, prior = _cells_and_prior(card, args)
     names = [Path(p).parent.name for p in args.classified]
-    # detect jobs per device, from the DEVICE tag of each quadrant's probability raster (beside classified.csv)
+    # detect jobs per device: the DEVICE tag of each quadrant's probability raster (beside classified.csv)
     devices = count_jobs(Path(p).parent / "probability.tif" for p in args.classified)
     summary = merge_scan(
         args.classified, args.outdir, region_name=args.region_name, period=args.period,
@@ -154,8 +155,8 @@ def register(sub) -> None:
     p = sub.add_parser("config-reference", help="print every config key (type, default, description) as Markdown")
     p.set_defaults(func=cmd_config_reference)
 
-    p = sub.add_parser("detect", help="discovery FCN on one quadrant (or several of a tile, one after the other, "
-                       "in one process): probability COG + candidates CSV each")
+    p = sub.add_parser("detect", help="discovery FCN on one quadrant (or several of a tile, one after the "
+                       "other, in one process): probability COG + candidates CSV each")
     p.add_argument("--tile", required=True)
     p.add_argument("--quadrant", required=True, choices=["NW", "NE", "SW", "SE"], nargs="+")
     p.add_argument("--tile-path", required=True)
@@ -189,7 +190,8 @@ def register(sub) -> None:
                    help="warn when NIR (B8) is darker than blue (B2) or red (B4) over most land "
                    "(detect.band_order_check)")
     p.add_argument("--require-gpu", action="store_true",
-                   help="fail (exit 2) when the job has no usable GPU instead of running on the CPU (detect.require_gpu)")
+                   help="fail (exit 2) when the job has no usable GPU instead of running on the CPU "
+                   "(detect.require_gpu)")
     p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute precision of the streamed FCN (detect.precision; tolerance in docs/gpu.md)")
     p.add_argument("--impact-model", default=None,

@@ -62,8 +62,11 @@ class Device:
 
     def log_line(self) -> str:
         if self.kind == "GPU":
-            mem = (f" ({self.memory_mb} MB, {self.free_mb} MB free)" if self.memory_mb is not None
-                   else " (memory unknown: no nvidia-smi)")
+            mem = (
+                f" ({self.memory_mb} MB, {self.free_mb} MB free)"
+                if self.memory_mb is not None
+                else " (memory unknown: no nvidia-smi)"
+            )
             return f"device: GPU {self.name}{mem}, memory growth on, CUDA_VISIBLE_DEVICES={self.assigned}"
         line = f"device: CPU, {self.threads} threads"
         return f"{line}; {self.note}" if self.note else line
@@ -89,16 +92,28 @@ def nvidia_smi_memory(index: str = "0") -> tuple[int, int] | None:
     if exe is None:
         return None
     try:
-        r = subprocess.run([exe, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits",
-                            "-i", index], capture_output=True, text=True, timeout=20)
+        r = subprocess.run(
+            [exe, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits", "-i", index],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         total, free = (int(float(v)) for v in r.stdout.strip().splitlines()[0].split(","))
         return total, free
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 
 
-def describe(gpus: list, details: dict | None, *, built_with_cuda: bool, threads: int, env=None,
-             memory: tuple[int, int] | None = None, require_gpu: bool = False) -> Device:
+def describe(
+    gpus: list,
+    details: dict | None,
+    *,
+    built_with_cuda: bool,
+    threads: int,
+    env=None,
+    memory: tuple[int, int] | None = None,
+    require_gpu: bool = False,
+) -> Device:
     """The job's :class:`Device` from what TensorFlow reports (pure, so every case is testable on a CPU).
 
     ``gpus``: TensorFlow's visible GPUs; ``details``: ``get_device_details`` of the first; ``memory``:
@@ -108,9 +123,17 @@ def describe(gpus: list, details: dict | None, *, built_with_cuda: bool, threads
         name = (details or {}).get("device_name") or "unknown model"
         total, free = memory if memory else (None, None)
         return Device("GPU", name, threads, total, free, assigned)
-    why = ("this TensorFlow is built without CUDA (tensorflow-cpu; the GPU environment is described in "
-           "docs/gpu.md)" if not built_with_cuda else "TensorFlow finds no usable GPU (driver, CUDA libraries)")
-    cause = f"a GPU was assigned (CUDA_VISIBLE_DEVICES={assigned}) but {why}" if assigned else "no GPU was assigned"
+    why = (
+        "this TensorFlow is built without CUDA (tensorflow-cpu; the GPU environment is described in "
+        "docs/gpu.md)"
+        if not built_with_cuda
+        else "TensorFlow finds no usable GPU (driver, CUDA libraries)"
+    )
+    cause = (
+        f"a GPU was assigned (CUDA_VISIBLE_DEVICES={assigned}) but {why}"
+        if assigned
+        else "no GPU was assigned"
+    )
     if require_gpu:
         raise DeviceError(f"detect.require_gpu is set but this job has no usable GPU: {cause}")
     note = f"{cause}: running on the CPU" if assigned else ""
@@ -136,12 +159,20 @@ def setup(require_gpu: bool = False) -> Device:
         details = tf.config.experimental.get_device_details(gpus[0]) if gpus else None
         visible = (assigned_gpus() or "0").split(",")[0]
         threads = tf.config.threading.get_intra_op_parallelism_threads() or cpu_threads()
-        dev = describe(gpus, details, built_with_cuda=tf.test.is_built_with_cuda(), threads=threads,
-                       memory=nvidia_smi_memory(visible) if gpus else None, require_gpu=require_gpu)
+        dev = describe(
+            gpus,
+            details,
+            built_with_cuda=tf.test.is_built_with_cuda(),
+            threads=threads,
+            memory=nvidia_smi_memory(visible) if gpus else None,
+            require_gpu=require_gpu,
+        )
         _CURRENT = dev
         log.info(dev.log_line())
     elif require_gpu and _CURRENT.kind != "GPU":
-        raise DeviceError(f"detect.require_gpu is set but this job has no usable GPU: {_CURRENT.note or 'none'}")
+        raise DeviceError(
+            f"detect.require_gpu is set but this job has no usable GPU: {_CURRENT.note or 'none'}"
+        )
     return _CURRENT
 
 
