@@ -36,6 +36,7 @@ include: "rules/acquire.smk"
 include: "rules/acquire_gee.smk"
 include: "rules/train.smk"
 include: "rules/detect.smk"
+include: "rules/segment.smk"
 include: "rules/classify.smk"
 include: "rules/merge.smk"
 include: "rules/change.smk"
@@ -49,3 +50,4 @@ rule all:
         expand(f"{R}/{REGION}/{{period}}/summary.json", period=PERIODS),
         expand(f"{R}/{REGION}/{{period}}/change/change.json", period=PERIODS[1:]),
         LAYERS_TARGETS,
+        SEGMENT_TARGETS,
