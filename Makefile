@@ -40,6 +40,9 @@ demo: $(STAMP)
 	@$(BIN)/python -c "import json; s = json.load(open('results/demo/2026Q1/summary.json')); e = s['evaluation']; \
 	print(f\"\nDemo scan (SIMULATED scene): {s['sites']} sites, {s['detections']} detections, {s['rejected_no_ore']} rejected as no ore\"); \
 	print(f\"site-level recall {e['recall']} ({e['found_mines']}/{e['truth_mines']} true mines), precision {e['precision']} ({e['correct_sites']}/{e['detected_sites']} sites)\"); \
+	seg = s['models'].get('segmentation'); a = e.get('site_area'); \
+	seg and print(f\"segmentation (held-out SIMULATED tiles, per tile): pixel F1 {seg['test_metrics']['f1']} precision {seg['test_metrics']['precision']} recall {seg['test_metrics']['recall']}\"); \
+	a and print(f\"site area vs truth, median relative error: cells {a['median_relative_error_cells']}, segmented {a['median_relative_error_segmented']} ({a['sites_on_true_mines']} sites)\"); \
 	print('layers in results/demo/2026Q1/')"
 
 test: $(STAMP)
@@ -63,4 +66,4 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 clean-demo:
-	rm -rf results/demo results/demo-training results/models/demo-discovery results/models/demo-impact results/logs results/benchmarks
+	rm -rf results/demo results/demo-training results/models/demo-discovery results/models/demo-impact results/models/demo-segment results/logs results/benchmarks

@@ -37,6 +37,7 @@ include: "rules/acquire_gee.smk"
 include: "rules/train.smk"
 include: "rules/detect.smk"
 include: "rules/detect_tile.smk"
+include: "rules/segment.smk"
 include: "rules/classify.smk"
 include: "rules/merge.smk"
 include: "rules/change.smk"
@@ -52,3 +53,4 @@ rule all:
         expand(f"{R}/{REGION}/{{period}}/change/change.json", period=PERIODS[1:]),
         LAYERS_TARGETS,
         DATASETS_TARGETS,
+        SEGMENT_TARGETS,

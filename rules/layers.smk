@@ -72,6 +72,7 @@ if config["layers"]["map"]:
             tiles=lambda wc: [f"{R}/{wc.region}/{wc.period}/tiles/{t}.tif" for t in PLAN.tiles],
             probabilities=lambda wc: [f"{d}/probability.tif" for d in quadrant_dirs(wc)],
             references=lambda wc: reference_files(config, wc.region, wc.period),
+            extents=lambda wc: [f"{R}/{wc.region}/{wc.period}/extents.gpkg"] if SEGMENT_TARGETS else [],
         output:
             report(
                 f"{SCAN}/map.html",
@@ -88,6 +89,7 @@ if config["layers"]["map"]:
             settings=lambda wc: resolved_settings(config, wc.region, wc.period),
             layer=REGION_LAYER_ARG,
             scale=SCALE,
+            extents=lambda wc, input: ["--extents", input.extents[0]] if input.extents else [],
             title=lambda wc: f"minescan {wc.region} {wc.period}"
             + (" (SIMULATED scene)" if config["source"]["kind"] == "demo" else ""),
         resources:
@@ -97,7 +99,7 @@ if config["layers"]["map"]:
             "minescan webmap --sites {input.sites:q} --out {output:q} --region {input.region:q} "
             "{params.layer} --tiles {input.tiles:q} --probabilities {input.probabilities:q} "
             "--detections {input.detections:q} "
-            "--scale {params.scale} --title {params.title:q} --settings {params.settings:q} "
+            "--scale {params.scale} {params.extents:q} --title {params.title:q} --settings {params.settings:q} "
             "--region-name {wildcards.region} --period {wildcards.period} 2> {log:q}"
 
 

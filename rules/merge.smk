@@ -7,6 +7,8 @@ rule merge:
         region=config["region"]["file"],
         models=model_files(DISCOVERY) + model_files(IMPACT),
         truth=truth_file,
+        extents=lambda wc: [f"{R}/{wc.region}/{wc.period}/extents.gpkg"] if SEGMENT["enabled"] else [],
+        segment_model=model_files(SEGMENT_MODEL),
     output:
         detections=f"{SCAN}/detections.csv",
         kml=f"{SCAN}/detections.kml",
@@ -36,6 +38,11 @@ rule merge:
         connectivity=config["merge"]["connectivity"],
         truth=lambda wc, input: f"--truth {shlex.quote(str(input.truth))}" if input.truth else "",
         layer=REGION_LAYER_ARG,
+        extents=lambda wc, input: (
+            ["--extents", input.extents[0], "--segment-model", os.path.dirname(input.segment_model[0])]
+            if input.extents
+            else []
+        ),
         prior=(
             f"--isolated-threshold {config['merge']['isolated_threshold']} "
             f"--isolation-k {config['merge']['isolation_k']} --isolation-km {config['merge']['isolation_km']}"
@@ -51,4 +58,4 @@ rule merge:
         "{params.layer} --region-name {wildcards.region} --period {wildcards.period} "
         "--discovery-model {params.discovery:q} --impact-model {params.impact:q} {params.threshold} "
         "{params.drop} --connectivity {params.connectivity} {params.truth} {params.prior} {params.patch_stride} "
-        "--resolution-m {params.resolution} 2> {log:q}"
+        "{params.extents:q} --resolution-m {params.resolution} 2> {log:q}"

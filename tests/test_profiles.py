@@ -19,7 +19,7 @@ from conftest import (
     write_tiny_scene,
 )
 
-GPU_RULES = ("detect", "classify", "detect_tile")  # the TensorFlow rules (and segment, once it exists)
+GPU_RULES = ("detect", "classify", "detect_tile", "segment")  # the TensorFlow rules of a scan
 
 
 def _profile(name: str) -> dict:
@@ -34,7 +34,7 @@ def test_gpu_profile_puts_the_tensorflow_rules_and_only_them_on_gpus():
             assert res["slurm_partition"] == "gpu" and res["gres"] == "gpu:1", rule
         else:
             assert "slurm_partition" not in res and "gres" not in res and "gpu" not in res, rule
-    assert p["groups"] == {"detect": "quadrant", "classify": "quadrant", "detect_tile": "quadrant"}
+    assert p["groups"] == {rule: "quadrant" for rule in GPU_RULES}
 
 
 def test_cpu_profile_is_the_gpu_profile_without_the_gpus():

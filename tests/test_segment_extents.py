@@ -101,3 +101,18 @@ def test_area_errors_against_truth():
     assert out["sites_on_true_mines"] == 1
     assert out["median_relative_error_cells"] == pytest.approx((7.29 - 4) / 4, abs=1e-3)
     assert out["median_relative_error_segmented"] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_map_shows_the_extents_as_a_layer():
+    from minescan.layers.webmap import build_map
+
+    x0, y0 = 2000 * 270, 29999 * 270
+    s1 = site("S1", [(2000, -30000)])
+    s1.update({"impact": "high", "area_ha_segmented": 1.0, "lon": 0.0, "lat": 0.0, "max_probability": 0.9,
+               "mean_probability": 0.8, "n_cells": 1, "tiles": "t"})
+    ext = gpd.GeoDataFrame({"extent_id": ["E00001"], "area_ha": [1.0]},
+                           geometry=[box(x0 + 20, y0 + 20, x0 + 120, y0 + 120)], crs=EPSG)
+    sites = gpd.GeoDataFrame([s1], crs=4326)
+    html = build_map(sites, title="t", thumbnails=False, extents=ext)
+    assert "segmented extents" in html and "E00001" in html and "area_ha_segmented" in html
+    assert "segmented extents" not in build_map(sites, title="t", thumbnails=False)

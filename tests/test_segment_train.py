@@ -77,7 +77,7 @@ def test_model_directory_and_card(trained):
     assert card["training_data"]["tiles"] == {"train": 12, "validation": 2, "test": 2}
     assert card["training_data"]["polygons"]["features"] == 14
     for side in ("train", "validation", "test"):
-        assert set(card["metrics"][side]) == {"images", "f1", "precision", "recall", "iou_pooled"}
+        assert set(card["metrics"][side]) == {"images", "images_empty", "f1", "precision", "recall", "iou_pooled"}
     assert card["metrics"]["train"]["f1"] > 0.5  # it learned the bright disturbed ground
     assert len(card["metrics"]["loss_per_epoch"]) == 8
 
@@ -129,6 +129,19 @@ def test_segment_job_mask_and_extents(trained, tmp_path):
                 tmp_path / "all.tif", tmp_path / "all_ext.gpkg", where="everywhere")
     with rasterio.open(tmp_path / "all.tif") as ds:
         assert (ds.read(1) != 255).all()
+
+
+def test_per_image_metrics_by_hand():
+    from minescan.segment.train import per_image_metrics
+
+    t1 = np.array([[1, 1, 0, 0]])
+    p1 = np.array([[1, 0, 1, 0]])  # tp 1, fp 1, fn 1: P = R = F1 = 0.5
+    t2 = np.array([[1, 1, 1, 1]])
+    p2 = np.array([[1, 1, 1, 1]])  # perfect
+    empty = np.zeros((1, 4), int)  # nothing, nothing predicted: left out of the averages
+    m = per_image_metrics([t1, t2, empty], [p1, p2, empty])
+    assert m == {"images": 3, "images_empty": 1, "f1": 0.75, "precision": 0.75, "recall": 0.75,
+                 "iou_pooled": round(5 / 7, 4)}
 
 
 def test_a_detection_model_is_refused(trained, tmp_path, bright_model_dir, capsys):

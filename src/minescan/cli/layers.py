@@ -72,7 +72,8 @@ def cmd_webmap(args) -> int:
     html = write_map(args.out, sites, title=title, region_lonlat=region, tile_paths=args.tiles or [],
               prob_paths=args.probabilities or [], registry=registry, overlays=overlays, admin=admin,
               detections=load_detections(args.detections), scale=args.scale,
-              max_px=args.max_px or settings["map_max_px"], thumbnails=args.thumbnails)
+              max_px=args.max_px or settings["map_max_px"], thumbnails=args.thumbnails,
+              extents=read_vector(args.extents, what="extents file") if args.extents else None)
     stats = map_stats(html)
     log.info("map %s: %d site markers, %.1f MB", args.out, stats["markers"], stats["bytes"] / 1e6)
     return 0
@@ -102,6 +103,7 @@ def register(sub) -> None:
     p = sub.add_parser("webmap", help="self-contained HTML map of a scan (Leaflet inlined, no network needed)")
     p.add_argument("--sites", required=True, help="sites_annotated.gpkg (or sites.gpkg)")
     p.add_argument("--out", required=True, help="output .html")
+    p.add_argument("--extents", default=None, help="extents.gpkg of the scan (segment): a toggleable layer")
     p.add_argument("--region", default=None)
     p.add_argument("--region-layer", default=None)
     p.add_argument("--tiles", nargs="*", default=[], help="tile GeoTIFFs (RGB layer and site thumbnails)")

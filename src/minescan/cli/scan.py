@@ -107,6 +107,11 @@ def cmd_merge(args) -> int:
         if path and path != "none":
             card = read_card(path)
             models[kind] = {"path": path, "name": card.get("name"), "version": model_fingerprint(Path(path))}
+    if args.segment_model:  # its pixel metrics on held-out tiles, as the card gives them
+        seg_card = read_card(args.segment_model)
+        models["segmentation"] = {"path": args.segment_model, "name": seg_card.get("name"),
+                                  "version": model_fingerprint(Path(args.segment_model)),
+                                  "test_metrics": seg_card.get("metrics", {}).get("test")}
     card = read_card(args.discovery_model)
     threshold = args.threshold if args.threshold is not None else scan_threshold(card)
     cell_px, prior = _cells_and_prior(card, args)
@@ -235,6 +240,7 @@ def register(sub) -> None:
     p.add_argument("--resolution-m", type=float, default=10.0)
     p.add_argument("--extents", default=None,
                    help="the scan's extents.gpkg (segment): sites get area_ha_segmented and layer site_extents")
+    p.add_argument("--segment-model", default=None, help="segmentation model directory (recorded in summary.json)")
     p.add_argument("--isolated-threshold", type=float, default=None,
                    help="stricter cut-off for isolated candidates (merge.isolated_threshold); default: off")
     p.add_argument("--isolation-k", type=int, default=2, help="k of the k-th nearest other candidate")

@@ -416,8 +416,9 @@ def _legend(overlay_styles: list[tuple[str, str]], has_prob: bool) -> str:
 def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_paths=(), prob_paths=(),
               registry: list[RefLayer] = (), overlays: list[RefLayer] = (), admin: RefLayer | None = None,
               detections: pd.DataFrame | None = None, scale: float = 1e-4, max_px: int = 1024,
-              thumbnails: bool = True) -> str:
-    """The map as an HTML string (see the module docstring)."""
+              thumbnails: bool = True, extents: gpd.GeoDataFrame | None = None) -> str:
+    """The map as an HTML string (see the module docstring). ``extents``: the scan's segmented extents
+    (extents.gpkg), shown as a layer that can be toggled."""
     import folium
 
     sites = sites.to_crs(4326).sort_values("site_id", kind="stable").reset_index(drop=True)
@@ -478,8 +479,13 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
                            style_function=lambda f: {"color": REGISTRY_COLOUR, "weight": 2, "fillOpacity": 0.05},
                            marker=folium.CircleMarker(radius=5, fill=True, fill_opacity=0.8),
                            tooltip=folium.GeoJsonTooltip(["ref_id", "ref_name"], labels=False)).add_to(m)
+        if extents is not None and len(extents):
+            folium.GeoJson(_geojson(extents.to_crs(4326), ["extent_id", "area_ha"]), name="segmented extents",
+                           style_function=lambda f: {"color": "#00e5ff", "weight": 1.5, "fillOpacity": 0.25},
+                           tooltip=folium.GeoJsonTooltip(["extent_id", "area_ha"])).add_to(m)
         if len(sites):
-            props = [c for c in ("site_id", "impact", "registered", "max_probability", "area_ha") if c in sites]
+            props = [c for c in ("site_id", "impact", "registered", "max_probability", "area_ha",
+                                 "area_ha_segmented") if c in sites]
             folium.GeoJson(_geojson(sites, props), name="site polygons", style_function=lambda f: {
                 "fillColor": IMPACT_COLOURS.get(f["properties"].get("impact"), "#ffffff"), "fillOpacity": 0.45,
                 "color": "#000000" if f["properties"].get("registered") == "no" else "#ffffff",

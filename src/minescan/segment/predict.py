@@ -236,8 +236,10 @@ def run_segment(tile_path, tile, quadrant: str, model, scale: float, candidates_
                 min_area_m2: float = 0.0) -> dict:
     """The segment job of one quadrant: probability over the core (around the detected cells, or
     everywhere), written as a mask COG, and the extent polygons above the threshold as a GeoPackage."""
+    import rasterio
+
     from minescan.grid import check_halo
-    from minescan.scan.detect import open_tile
+    from minescan.scan.detect import gdal_cache_bytes, open_tile
     from minescan.scan.inference import log_progress
     from minescan.vector_io import write_vector
 
@@ -253,7 +255,10 @@ def run_segment(tile_path, tile, quadrant: str, model, scale: float, candidates_
         cores = cores_near(cores, step, detection_boxes(candidates_csv), margin_px)
     elif where != "everywhere":
         raise ConfigError(f"segment.where: '{where}' is not 'detections' or 'everywhere'")
-    with open_tile(tile_path, tile) as raster:
+    with open_tile(tile_path, tile) as raster, rasterio.Env(
+            # a row of the file's blocks across the quadrant, as detect: GDAL's default (5 % of RAM) would keep
+            # every block read
+            GDAL_CACHEMAX=gdal_cache_bytes(raster, rect[2] - rect[0] + 2 * tile.grid.halo_px)):
         read = tile_reader(raster, model, scale)
         prob = predict_windows(model.network, read, rect, window_px, overlap_px, cores, batch_size,
                                progress=log_progress(f"segment {tile.name} {quadrant}"))
