@@ -33,6 +33,35 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+COG_OPTIONS = {"compress": "DEFLATE", "blocksize": 256, "overviews": "NONE"}
+
+
+def copy_to_cog(src, path, predictor: int | None = None) -> None:
+    """Copy an open rasterio dataset to ``path`` as a cloud-optimised GeoTIFF (DEFLATE, 256 px blocks, no
+    overviews; ``predictor`` 3 for floats, 2 for integers), atomically."""
+    import rasterio.shutil
+
+    options = dict(COG_OPTIONS, **({"predictor": predictor} if predictor else {}))
+    with atomic_output(path) as out:
+        rasterio.shutil.copy(src, out, driver="COG", **options)
+
+
+def write_cog(path, data, *, crs, transform, nodata, description: str, tags: dict,
+              predictor: int | None = None) -> None:
+    """One band (2-D ``data``) as a cloud-optimised GeoTIFF with its description and tags, atomically."""
+    from rasterio.io import MemoryFile
+
+    profile = {"driver": "GTiff", "dtype": data.dtype.name, "count": 1, "height": data.shape[0],
+               "width": data.shape[1], "crs": crs, "transform": transform, "nodata": nodata}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(data, 1)
+            tmp.descriptions = (description,)
+            tmp.update_tags(**{k: str(v) for k, v in sorted(tags.items())})
+        with mem.open() as src:
+            copy_to_cog(src, path, predictor)
+
+
 def write_csv(table, path) -> None:
     """A table as CSV (no index, '\n' line ends), atomically; a GeoDataFrame without its geometry column."""
     import geopandas as gpd

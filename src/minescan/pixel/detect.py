@@ -30,7 +30,7 @@ from affine import Affine
 
 from minescan.errors import InputDataError, NoDataError
 from minescan.grid import Tile, cells_in_core, check_halo
-from minescan.io_utils import atomic_output, tmp_path_for
+from minescan.io_utils import atomic_output, copy_to_cog, tmp_path_for
 from minescan.models.networks import STRIDE
 from minescan.pixel.features import feature_array, open_bands, period_month, rasterise_mask
 from minescan.pixel.train import PixelModel
@@ -128,10 +128,8 @@ def cell_statistics(
 
 
 def _write_cog(src_path: Path, out_path) -> None:
-    with rasterio.open(src_path) as src, atomic_output(out_path) as out:
-        rasterio.shutil.copy(
-            src, out, driver="COG", compress="DEFLATE", predictor=3, blocksize=256, overviews="NONE"
-        )
+    with rasterio.open(src_path) as src:
+        copy_to_cog(src, out_path, predictor=3)
 
 
 def run_pixel_detect(

@@ -247,12 +247,10 @@ def load_pixel_model(directory) -> PixelModel:
     """A pixel model directory; refuses a model file holding a type outside the trusted ones."""
     import skops.io as sio
 
-    from minescan.models.store import read_card
+    from minescan.models.store import read_card_of_kind
 
     directory = Path(directory)
-    card = read_card(directory)
-    if card["kind"] != "pixel":
-        raise ModelError(f"{directory}: is a '{card['kind']}' model, expected 'pixel'")
+    card = read_card_of_kind(directory, "pixel")
     path = directory / PIXEL_MODEL_FILE
     if not path.is_file():
         raise ModelError(f"{path}: pixel model file not found")

@@ -11,12 +11,11 @@ import pandas as pd
 import rasterio
 import rasterio.shutil
 from affine import Affine
-from rasterio.io import MemoryFile
 from shapely import contains_xy
 
 from minescan.errors import NoDataError
 from minescan.grid import Tile, cell_centres_utm, cells_in_core, check_halo, region_in_tile_crs
-from minescan.io_utils import atomic_output
+from minescan.io_utils import atomic_output, write_cog
 from minescan.models.networks import IMPACT_CLASSES, STRIDE, FcnGeometry
 from minescan.models.store import LoadedModel, load_model, read_card_of_kind
 from minescan.scan.inference import (
@@ -174,16 +173,8 @@ def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile:
     model's stride otherwise), NaN = no data."""
     cell_m = cell_px * tile.grid.resolution_m
     transform = Affine(cell_m, 0, kx.start * cell_m, 0, -cell_m, -ky.start * cell_m)
-    profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": prob.shape[0],
-               "width": prob.shape[1], "crs": tile.crs, "transform": transform, "nodata": float("nan")}
-    with MemoryFile() as mem:
-        with mem.open(**profile) as tmp:
-            tmp.write(prob, 1)
-            tmp.descriptions = ("mine_probability",)
-            tmp.update_tags(**{k: str(v) for k, v in sorted(meta.items())})
-        with mem.open() as src, atomic_output(path) as out:
-            rasterio.shutil.copy(src, out, driver="COG", compress="DEFLATE", predictor=3, blocksize=256,
-                                 overviews="NONE")
+    write_cog(path, prob.astype(np.float32, copy=False), crs=tile.crs, transform=transform, nodata=float("nan"),
+              description="mine_probability", tags=meta, predictor=3)
 
 
 def candidates_table(prob: np.ndarray, kx: range, ky: range, tile: Tile, quadrant: str, region_lonlat,

@@ -128,13 +128,11 @@ def load_segmenter(directory):
     from pathlib import Path
 
     from minescan.errors import ModelError
-    from minescan.models.store import MODEL_FILE, LoadedModel, read_card
+    from minescan.models.store import MODEL_FILE, LoadedModel, read_card_of_kind
     from minescan.segment.network import load_segmenter_network
 
     directory = Path(directory)
-    card = read_card(directory)
-    if card["kind"] != "segmentation":
-        raise ModelError(f"{directory}: is a '{card['kind']}' model, expected 'segmentation'")
+    card = read_card_of_kind(directory, "segmentation")
     weights = directory / MODEL_FILE
     if not weights.is_file():
         raise ModelError(f"{weights}: model weights not found")
@@ -177,25 +175,14 @@ def detection_boxes(candidates_csv) -> np.ndarray:
 
 def write_mask_cog(path, prob: np.ndarray, rect, tile, meta: dict) -> None:
     """Cloud-optimised GeoTIFF of the disturbed-area probability in percent (uint8), 255 = none."""
-    import rasterio
-    import rasterio.shutil
     from affine import Affine
-    from rasterio.io import MemoryFile
 
-    from minescan.io_utils import atomic_output
+    from minescan.io_utils import write_cog
 
     res = tile.grid.resolution_m
     data = np.where(np.isfinite(prob), np.round(np.nan_to_num(prob) * 100), MASK_NODATA).astype(np.uint8)
-    profile = {"driver": "GTiff", "dtype": "uint8", "count": 1, "height": data.shape[0], "width": data.shape[1],
-               "crs": tile.crs, "transform": Affine(res, 0, rect[0] * res, 0, -res, -rect[1] * res),
-               "nodata": MASK_NODATA}
-    with MemoryFile() as mem:
-        with mem.open(**profile) as tmp:
-            tmp.write(data, 1)
-            tmp.descriptions = ("disturbed_probability_percent",)
-            tmp.update_tags(**{k: str(v) for k, v in sorted(meta.items())})
-        with mem.open() as src, atomic_output(path) as out:
-            rasterio.shutil.copy(src, out, driver="COG", compress="DEFLATE", blocksize=256, overviews="NONE")
+    write_cog(path, data, crs=tile.crs, transform=Affine(res, 0, rect[0] * res, 0, -res, -rect[1] * res),
+              nodata=MASK_NODATA, description="disturbed_probability_percent", tags=meta)
 
 
 EXTENT_COLUMNS = ["tile", "quadrant", "zone", "area_ha", "mean_probability", "geometry"]
