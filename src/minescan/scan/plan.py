@@ -16,6 +16,7 @@ from minescan.grid import (
     quadrants_for_region,
     tiles_for_region,
 )
+from minescan.models.imported import is_patch_model
 from minescan.models.networks import FcnGeometry
 from minescan.models.store import CARD_FILE, read_card
 from minescan.sources.local import check_source_headers, expand_sources
@@ -68,8 +69,12 @@ def preflight(cfg: dict, grid: GridSpec) -> None:
     models, train = cfg.get("models") or {}, cfg.get("train") or {}
     model_dir = Path(models.get("discovery") or "")
     if models.get("discovery") and not train.get("discovery") and (model_dir / CARD_FILE).is_file():
-        window = int(read_card(model_dir)["window"])
-        check_halo(grid, FcnGeometry(window).halo_px, f"the {window} px discovery model {model_dir}")
+        card = read_card(model_dir)
+        # the discovery FCN's receptive field; a pixel model or an imported patch model checks the halo its
+        # own features or patches need in each detect job
+        if card.get("kind") == "discovery" and not is_patch_model(card):
+            window = int(card["window"])
+            check_halo(grid, FcnGeometry(window).halo_px, f"the {window} px discovery model {model_dir}")
     if (cfg.get("source") or {}).get("kind") == "local":
         for period in cfg.get("periods") or [None]:
             try:
