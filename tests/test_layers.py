@@ -167,6 +167,42 @@ def test_run_layers_outputs_sorted_and_byte_identical(vectors, tmp_path):
     assert areas["kind"].tolist() == ["protected", "protected", "admin", "admin"]
 
 
+def test_segmented_scan_measures_areas_on_the_extents(vectors, tmp_path):
+    """A segmented scan's sites.gpkg (layer site_extents): hectares per area, the registered/unregistered
+    hectares and area_basis come from the segmented extents; a site with nothing segmented keeps its cells."""
+    d, settings, region = vectors
+    sites = make_sites()
+    seg = {"S1": sq(0, 0, 100, 270), "S5": sq(550, 1500, 650, 1770)}  # S1: 100 m inside Terra A; S5 straddles
+    sites.insert(3, "area_ha_segmented", [round(seg[s].area / 1e4, 4) if s in seg else 0.0
+                                          for s in sites["site_id"]])
+    extents = gpd.GeoDataFrame({"site_id": list(seg), "area_ha_segmented": [2.7, 2.7]},
+                               geometry=list(seg.values()), crs=UTM21S).to_crs(4326)
+    path = tmp_path / "sites.gpkg"
+    sites.to_file(path, layer="sites")
+    extents.to_file(path, layer="site_extents")
+    s = run_layers(path, tmp_path / "out", {**settings, "match_distance_m": 150}, region_name="t",
+                   period="2026Q1", region_lonlat=region)
+    assert s["area_basis"] == "segmented"
+    ann = pd.read_csv(tmp_path / "out" / "sites_annotated.csv").set_index("site_id")
+    assert ann["area_basis"].to_dict() == {"S1": "segmented", "S2": "cells", "S3": "cells", "S4": "cells",
+                                           "S5": "segmented"}
+    assert ann.loc["S1", "area_ha_reported"] == pytest.approx(2.7) and ann.loc["S2", "area_ha_reported"] == 7.29
+    by_name = {r["name"]: r for r in s["areas"]}
+    assert by_name["Terra A"]["mined_area_ha"] == pytest.approx(100 * 270 / 1e4, abs=1e-3)  # cells: 135 m
+    adm = {r["name"]: r for r in s["admin"]["units"]}
+    assert adm["West"]["mined_area_ha"] == pytest.approx(2.7 + 7.29 + 50 * 270 / 1e4, abs=1e-3)  # S1 S4 S5
+    assert adm["East"]["mined_area_ha"] == pytest.approx(7.29 * 2 + 50 * 270 / 1e4, abs=1e-3)  # S2 S3 S5
+    # unregistered at 150 m: S3 (cells 7.29), S4 (cells 7.29), S5 (segmented 2.7)
+    assert s["registry"]["unregistered_area_ha"] == pytest.approx(7.29 * 2 + 2.7, abs=1e-3)
+    assert s["site_area_ha"] == pytest.approx(5 * 7.29) and s["site_area_ha_reported"] == pytest.approx(
+        2.7 * 2 + 7.29 * 3, abs=1e-3)
+    # without the extents layer: everything on cells, as before
+    plain = run_layers(d / "sites.gpkg", tmp_path / "plain", settings, region_name="t", period="2026Q1",
+                       region_lonlat=region)
+    assert plain["area_basis"] == "cells" and plain["site_area_ha_reported"] == plain["site_area_ha"]
+    assert "area_basis" not in pd.read_csv(tmp_path / "plain" / "sites_annotated.csv").columns
+
+
 def test_layer_errors_name_the_file_and_column(vectors):
     d, settings, _ = vectors
     with pytest.raises(InputDataError, match="no column 'nope'"):

@@ -78,7 +78,7 @@ def test_summary_table_reports_the_prior_and_registry(scan):
     # cells of 270 m x 270 m = 14.58 ha: all computed by merge, none written by the fixture
     assert t["candidate cells"] == "4" and t["removed as isolated (spatial prior)"] == "2"
     assert t["detected cells"] == "2" and t["rejected as no ore"] == "0"
-    assert t["sites"] == "1" and float(t["site area (ha)"]) == pytest.approx(14.58)
+    assert t["sites"] == "1" and float(t["site area, detected cells (ha)"]) == pytest.approx(14.58)
     assert t["sites, high impact"] == "1"  # the site's class: its most severe cell (high beats low)
     # the registry rows are those of layers.json, copied through
     assert t["unregistered sites"] == "1" and t["discovery model"] == "d (abc)"

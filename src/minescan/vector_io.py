@@ -54,6 +54,21 @@ def read_vector(path, layer: str | None = None, what: str = "vector file") -> gp
     return gdf
 
 
+def read_sites(path, what: str = "sites file") -> gpd.GeoDataFrame:
+    """The ``sites`` layer of a sites GeoPackage (a segmented scan's also holds ``site_extents``), or the
+    file's only layer for any other vector file."""
+    layer = None
+    if Path(path).suffix.lower() == ".gpkg" and Path(path).exists():
+        import pyogrio
+
+        try:
+            names = [name for name, _ in pyogrio.list_layers(path)]
+        except Exception as exc:
+            raise InputDataError(f"{path}: cannot be read as a {what} ({exc})") from exc
+        layer = "sites" if "sites" in names else None
+    return read_vector(path, layer, what)
+
+
 def _polygonal(geom):
     """The polygon parts of ``geom`` (make_valid may return a collection with lines and points)."""
     if geom.geom_type in ("Polygon", "MultiPolygon"):

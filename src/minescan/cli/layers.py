@@ -53,7 +53,7 @@ def cmd_layers(args) -> int:
     r = s["registry"]
     if r["checked"]:
         print(f"{args.region_name} {args.period}: {s['sites']} sites, {r['registered_sites']} registered, "
-              f"{r['unregistered_sites']} unregistered ({r['unregistered_area_ha']:.1f} ha); "
+              f"{r['unregistered_sites']} unregistered ({r['unregistered_area_ha']:.1f} ha, {s['area_basis']}); "
               f"{s['overlays']['sites_in_areas']} in overlay areas")
     return 0
 
@@ -61,13 +61,13 @@ def cmd_layers(args) -> int:
 def cmd_webmap(args) -> int:
     from minescan.layers.overlays import load_layers, placeholders
     from minescan.layers.webmap import load_detections, map_stats, write_map
-    from minescan.vector_io import read_region, read_vector
+    from minescan.vector_io import read_region, read_sites, read_vector
 
     settings = _settings(args)
     fmt = placeholders(args.results_dir, args.region_name, args.period)
     registry, overlays, admin = load_layers(settings, fmt)
     region = read_region(args.region, args.region_layer) if args.region else None
-    sites = read_vector(args.sites, what="sites layer")
+    sites = read_sites(args.sites, "sites layer")
     title = args.title or f"minescan {args.region_name} {args.period}".strip()
     html = write_map(args.out, sites, title=title, region_lonlat=region, tile_paths=args.tiles or [],
               prob_paths=args.probabilities or [], registry=registry, overlays=overlays, admin=admin,

@@ -41,7 +41,7 @@ from minescan.grid import geodesic_area_m2, site_epsgs, to_crs
 from minescan.io_utils import atomic_write_text, write_csv
 from minescan.kml import kml_placemark, kml_polygon_geometry, kml_polygon_styles, write_kml_document
 from minescan.periods import sort_periods
-from minescan.vector_io import read_vector, write_vector
+from minescan.vector_io import read_sites, write_vector
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _status_summary(layer: gpd.GeoDataFrame, extra: list[str]) -> dict:
 
 
 def load_sites(path) -> gpd.GeoDataFrame:
-    return read_vector(path, what="sites file")
+    return read_sites(path)
 
 
 def _segmented_extents(previous_path, current_path):

@@ -35,7 +35,7 @@ from minescan.grid import site_epsgs
 from minescan.io_utils import atomic_write_text, write_csv
 from minescan.kml import kml_placemark, kml_polygon_geometry, kml_polygon_styles, write_kml_document
 from minescan.scan.merge import KML_COLOURS
-from minescan.vector_io import read_vector, write_vector
+from minescan.vector_io import read_sites, read_vector, write_vector
 
 log = logging.getLogger(__name__)
 
@@ -273,18 +273,50 @@ def area_rows(sites: gpd.GeoDataFrame, layer: RefLayer, table: pd.DataFrame, reg
 # --------------------------------------------------------------------------------------------- outputs
 
 
+def reported_extents(sites: gpd.GeoDataFrame, extents: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame:
+    """The geometry each site's mined area is measured on, with ``area_basis`` and ``area_ha_reported``.
+
+    Without segmentation (``extents`` None) that is the site polygon (the union of its detected cells). With
+    segmentation, a site's segmented extent (layer ``site_extents`` of sites.gpkg) where it has one, and its
+    cell polygon where the segmenter found nothing disturbed there: a detection is never counted as 0 ha in
+    an area (the cell area then stands, marked ``cells`` in ``area_basis``)."""
+    out = sites.copy()
+    out["area_basis"] = "cells"
+    out["area_ha_reported"] = out["area_ha"].astype(float)
+    if extents is None or extents.empty:
+        return out
+    by_id = dict(zip(extents["site_id"].astype(str), extents.to_crs(sites.crs).geometry, strict=True))
+    area_by_id = dict(zip(extents["site_id"].astype(str), extents["area_ha_segmented"].astype(float), strict=True))
+    ids = out["site_id"].astype(str)
+    has = ids.map(lambda i: i in by_id and by_id[i] is not None and not by_id[i].is_empty
+                  and area_by_id[i] > 0).to_numpy(dtype=bool)
+    geom = out.geometry.to_numpy().copy()
+    geom[has] = [by_id[i] for i in ids[has]]
+    out = out.set_geometry(gpd.GeoSeries(geom, index=out.index, crs=sites.crs))
+    out.loc[has, "area_basis"] = "segmented"
+    out.loc[has, "area_ha_reported"] = [area_by_id[i] for i in ids[has]]
+    return out
+
+
 def annotate_sites(sites: gpd.GeoDataFrame, registry: list[RefLayer], overlays: list[RefLayer],
                    admin: RefLayer | None, match_distance_m: float, search_distance_m: float,
-                   region_lonlat=None) -> tuple[gpd.GeoDataFrame, list[dict], list[dict]]:
-    """Sites with registry and overlay columns, and the per-area and per-admin-unit rows."""
+                   region_lonlat=None, extents: gpd.GeoDataFrame | None = None
+                   ) -> tuple[gpd.GeoDataFrame, list[dict], list[dict]]:
+    """Sites with registry and overlay columns, and the per-area and per-admin-unit rows. With ``extents``
+    (a segmented scan), which areas a site falls in and the mined hectares per area are measured on its
+    segmented extent (see :func:`reported_extents`); the registry cross-check uses the site polygons."""
     sites = sites.copy()
     reg = cross_check(sites, registry, match_distance_m, search_distance_m)
     for c in REGISTRY_COLUMNS:
         sites[c] = reg[c]
+    measured = reported_extents(sites, extents)
+    if extents is not None:
+        sites["area_basis"] = measured["area_basis"]
+        sites["area_ha_reported"] = measured["area_ha_reported"]
     area_names: dict = {}
     areas: list[dict] = []
     for layer in overlays:
-        t = overlap_table(sites, layer)
+        t = overlap_table(measured, layer)
         for site, text in _names_by_site(t, lambda n, k=layer.kind: f"{n} ({k})").items():
             area_names[site] = f"{area_names[site]}; {text}" if site in area_names else text
         areas += area_rows(sites, layer, t, region_lonlat)
@@ -292,7 +324,7 @@ def annotate_sites(sites: gpd.GeoDataFrame, registry: list[RefLayer], overlays: 
     sites["in_protected_area"] = np.where(sites["areas"] != "", "yes", "no")
     admin_rows: list[dict] = []
     if admin is not None:
-        t = overlap_table(sites, admin)
+        t = overlap_table(measured, admin)
         sites["admin"] = pd.Series(_names_by_site(t), dtype=object).reindex(sites.index).fillna("")
         admin_rows = area_rows(sites, admin, t, region_lonlat)
     else:
@@ -330,12 +362,17 @@ def run_layers(sites_path, outdir, settings: dict, *, region_name: str, period: 
     outdir = Path(outdir)
     fmt = placeholders(results_dir, region_name, period)
     registry, overlays, admin = load_layers(settings, fmt)
-    sites = read_vector(sites_path, what="sites layer").to_crs(4326)
+    sites = read_sites(sites_path, "sites layer").to_crs(4326)
     sites = sites.sort_values("site_id", kind="stable").reset_index(drop=True)
     match_m = float(settings.get("match_distance_m", 500))
     search_m = float(settings.get("search_distance_m", 50_000))
+    from minescan.segment.extents import read_site_extents
+
+    extents = read_site_extents(sites_path)
     annotated, areas, admin_rows = annotate_sites(sites, registry, overlays, admin, match_m, search_m,
-                                                  region_lonlat)
+                                                  region_lonlat, extents)
+    # the hectares this stage reports: segmented extents where the scan was segmented, else detected cells
+    reported = annotated["area_ha_reported"] if extents is not None else annotated["area_ha"]
     unregistered = sort_unregistered(annotated)
 
     write_vector(annotated, outdir / "sites_annotated.gpkg", layer="sites")
@@ -344,6 +381,8 @@ def run_layers(sites_path, outdir, settings: dict, *, region_name: str, period: 
     write_csv(unregistered, outdir / "unregistered.csv")
     kml_fields = ["max_probability", "mean_probability", "area_ha", "impact", "registry_layer", "registry_id",
                   "registry_name", "registry_distance_m", "areas", "admin", "lon", "lat"]
+    if extents is not None:
+        kml_fields[3:3] = ["area_ha_segmented", "area_basis"]
     write_polygon_kml(unregistered, outdir / "unregistered.kml",
                       f"minescan unregistered sites {region_name} {period}", kml_fields)
     write_csv(pd.DataFrame(areas + admin_rows, columns=AREA_COLUMNS), outdir / "areas.csv")
@@ -354,12 +393,14 @@ def run_layers(sites_path, outdir, settings: dict, *, region_name: str, period: 
     summary = {
         "region": region_name, "period": period, "sites": len(annotated),
         "site_area_ha": round(float(annotated["area_ha"].sum()), 4) if len(annotated) else 0.0,
+        "area_basis": "segmented" if extents is not None else "cells",
+        "site_area_ha_reported": round(float(reported.sum()), 4) if len(annotated) else 0.0,
         "registry": {
             "checked": bool(registry), "match_distance_m": match_m, "search_distance_m": search_m,
             "layers": [{"label": r.label, "file": r.file, "features": len(r.features)} for r in registry],
             "registered_sites": int(reg_yes.sum()), "unregistered_sites": int(reg_no.sum()),
-            "registered_area_ha": round(float(annotated.loc[reg_yes, "area_ha"].sum()), 4),
-            "unregistered_area_ha": round(float(annotated.loc[reg_no, "area_ha"].sum()), 4),
+            "registered_area_ha": round(float(reported[reg_yes].sum()), 4),
+            "unregistered_area_ha": round(float(reported[reg_no].sum()), 4),
             "unregistered_by_impact": {k: int(v) for k, v in
                                        sorted(Counter(annotated.loc[reg_no, "impact"]).items())},
         },

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from minescan.io_utils import atomic_output, write_csv
-from minescan.vector_io import read_vector
+from minescan.vector_io import read_sites
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,16 @@ def plot_detections_by_class(sites: pd.DataFrame, summary: dict, path) -> None:
     a2.bar(np.arange(len(labels)), values, color=colours, width=0.6)
     a2.set_xticks(np.arange(len(labels)), labels, fontsize=8)
     a2.set_title(f"candidate cells ({summary.get('candidates', sum(values))})")
-    a2.set_ylabel("270 m cells")
+    a2.set_ylabel("detection cells")
     for ax in (a1, a2):
         ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     _save(fig, path)
 
 
-def plot_area_by_area(areas: pd.DataFrame, path) -> None:
+def plot_area_by_area(areas: pd.DataFrame, path, basis: str = "cells") -> None:
+    """``basis``: what the hectares were measured on (layers.json ``area_basis``): the detected cells, or
+    the segmented extents of a segmented scan."""
     n = len(areas)
     fig = Figure(figsize=(9, max(2.4, 0.45 * n + 1.2)))
     ax = fig.subplots()
@@ -92,7 +94,8 @@ def plot_area_by_area(areas: pd.DataFrame, path) -> None:
         for yi, total, s in zip(y, areas["mined_area_ha"], areas["sites"], strict=True):
             ax.text(total, yi, f" {total:.1f} ha, {s} sites", va="center", fontsize=8)
         ax.set_yticks(y, labels, fontsize=8)
-        ax.set_xlabel("mined area (ha)")
+        ax.set_xlabel("mined area (ha, segmented extents)" if basis == "segmented" else
+                      "mined area (ha, detected cells)")
         ax.set_xlim(0, max(1.0, float(areas["mined_area_ha"].max())) * 1.35)
         ax.legend(frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2)
         ax.spines[["top", "right"]].set_visible(False)
@@ -118,7 +121,7 @@ def plot_probability_histogram(detections: pd.DataFrame, rejected: pd.DataFrame,
         ax.hist(data, bins=bins, stacked=True, color=[g[2] for g in groups],
                 label=[f"{g[0]} ({len(d)})" for g, d in zip(groups, data, strict=True)])
         ax.set_yscale("log")
-        ax.set_xlabel("discovery probability (per 270 m cell)")
+        ax.set_xlabel("discovery probability (per detection cell)")
         ax.set_ylabel("cells")
         ymax = ax.get_ylim()[1]
         if thr is not None:
@@ -182,7 +185,9 @@ def summary_table(summary: dict, layers: dict | None) -> pd.DataFrame:
             ("rejected as no ore", summary.get("rejected_no_ore")),
             ("removed as isolated (spatial prior)", prior.get("candidates_removed", 0) if prior.get("enabled")
              else "off"),
-            ("sites", summary.get("sites")), ("site area (ha)", summary.get("site_area_ha"))]
+            ("sites", summary.get("sites")), ("site area, detected cells (ha)", summary.get("site_area_ha"))]
+    if "site_area_ha_segmented" in summary:
+        rows.append(("site area, segmented extents (ha)", summary["site_area_ha_segmented"]))
     for k, v in sorted((summary.get("sites_by_impact") or {}).items()):
         rows.append((f"sites, {k} impact", v))
     if layers:
@@ -190,7 +195,8 @@ def summary_table(summary: dict, layers: dict | None) -> pd.DataFrame:
         if r.get("checked"):
             rows += [("registered sites", r.get("registered_sites")),
                      ("unregistered sites", r.get("unregistered_sites")),
-                     ("unregistered area (ha)", r.get("unregistered_area_ha"))]
+                     ("unregistered area (ha, segmented extents)" if layers.get("area_basis") == "segmented"
+                      else "unregistered area (ha, detected cells)", r.get("unregistered_area_ha"))]
         o = layers.get("overlays") or {}
         if o.get("layers"):
             rows += [("sites in protected/overlay areas", o.get("sites_in_areas")),
@@ -211,14 +217,14 @@ def make_plots(outdir, *, summary_path, detections_path, rejected_path, sites_pa
     det = pd.read_csv(detections_path)
     rej = pd.read_csv(rejected_path)
     if sites_path:
-        sites = pd.DataFrame(read_vector(sites_path, what="sites file").drop(columns="geometry"))
+        sites = pd.DataFrame(read_sites(sites_path).drop(columns="geometry"))
     else:
         sites = pd.DataFrame(columns=["impact"])
     areas = pd.read_csv(areas_path) if areas_path else pd.DataFrame(columns=["name", "kind"])
     model_cards = {k: json.loads(Path(p).read_text()) for k, p in (cards or {}).items() if p}
     paths = [outdir / name for name in PLOTS]
     plot_detections_by_class(sites, summary, paths[0])
-    plot_area_by_area(areas, paths[1])
+    plot_area_by_area(areas, paths[1], (layers or {}).get("area_basis", "cells"))
     plot_probability_histogram(det, rej, summary, paths[2])
     plot_model_metrics(model_cards, paths[3])
     write_csv(summary_table(summary, layers), outdir / TABLE)

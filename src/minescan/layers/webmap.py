@@ -370,6 +370,9 @@ def popup_html(site: pd.Series, thumbnail: bytes | None, impact_probs: dict | No
         rows.append(("p(high) / p(low) / p(no ore)", " / ".join(_fmt(impact_probs.get(k)) for k in
                                                                    ("p_high", "p_low", "p_no_ore"))))
     rows += [("area", f"{site['area_ha']:.2f} ha ({int(site['n_cells'])} cells)")]
+    seg = site.get("area_ha_segmented")
+    if seg is not None and not (isinstance(seg, float) and math.isnan(seg)):
+        rows.append(("segmented disturbed area", f"{float(seg):.2f} ha"))
     if reg != "unchecked":
         near = site.get("registry_id", "")
         if near:
@@ -512,8 +515,10 @@ def build_map(sites: gpd.GeoDataFrame, *, title: str, region_lonlat=None, tile_p
         folium.LayerControl(collapsed=False).add_to(m)
         m.fit_bounds([[y0, x0], [y1, x1]])
         n_unreg = int((sites["registered"] == "no").sum()) if "registered" in sites else 0
+        col = "area_ha_reported" if "area_ha_reported" in sites else "area_ha"  # segmented where measured
+        what = " (segmented)" if col == "area_ha_reported" else ""
         head = (f'<div class="minescan-panel minescan-title"><b>{escape(title)}</b><br>{len(sites)} sites, '
-                f'{n_unreg} unregistered, {sites["area_ha"].sum() if len(sites) else 0:.1f} ha</div>')
+                f'{n_unreg} unregistered, {sites[col].sum() if len(sites) else 0:.1f} ha{what}</div>')
         root.html.add_child(Element(head + _legend(overlay_styles, prob is not None)), name="minescan_panels")
         html = root.render()
     return html
