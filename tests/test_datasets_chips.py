@@ -113,3 +113,40 @@ def test_chips_cli_csv_and_errors(tmp_path):
     assert run(args(img, "d", "--bands", "B4", "B99")) == 2  # a missing band: one line, exit 2
     far = scene(tmp_path / "far.tif", (X0 + 50000, Y0, X0 + 51000, Y0 + 1000))
     assert run(args(far, "e")) == 2  # no cell covered
+
+
+def test_cells_fetched_from_earth_engine_give_the_composite_on_the_cell_frame(tmp_path):
+    """--gee-config path: one computePixels request per cell through the gee chip code (recording fake ee),
+    chips on the 10 m grid covering each cell, then the same chips as from local tiles; a rerun fetches none."""
+    from test_gee import retrier
+    from test_gee_fakes import FakeData, FakeEE, pattern
+
+    from minescan.datasets.gee import cells_as_points, chip_size_px, fetch_cell_chips
+    from minescan.sources.gee.settings import GeeSettings
+
+    mine = box(X0 + 100, Y0 + 100, X0 + 300, Y0 + 300)
+    polys = polys_utm([mine])
+    cells = build_grid(polys, 16, S)
+    assert chip_size_px(cells, 10.0) == 54
+    pts = cells_as_points(cells)
+    assert pts["class"].tolist() == [1 if lab == "positive" else 0 for lab in cells["label"]]
+    data = FakeData()
+    settings = GeeSettings(cache_dir=str(tmp_path / "cache"))
+    paths = fetch_cell_chips(cells, "2024", settings, tmp_path / "gee", ee=FakeEE(data), retrier=retrier())
+    assert len(data.requests) == len(cells) and all(p.exists() for p in paths)
+    assert all(r["grid"]["dimensions"] == {"width": 54, "height": 54} for r in data.requests)
+    assert all("filterDate('2024-01-01', '2025-01-01')" in repr(r["expression"]) for r in data.requests)
+    n = write_chips(cells, polys, paths, tmp_path / "out", table="none", preview="none")
+    assert n == len(cells)
+    for cell in cells.itertuples():
+        with rasterio.open(tmp_path / "out" / "images" / f"{cell.name}.tif") as ds:
+            arr = ds.read()
+            assert ds.descriptions[-1] == "_mine" and (ds.width, ds.height) == (50, 50)
+            # the composite's value of every pixel of the cell: global 10 m pixel (p, q) of the UTM grid
+            p0, q0 = round(ds.transform.c / 10), round(-ds.transform.f / 10)
+            q, p = np.mgrid[q0:q0 + 50, p0:p0 + 50]
+            np.testing.assert_array_equal(arr[3], pattern(p, q, 3))
+            assert (arr[-1].sum() > 0) == (cell.label == "positive")
+    again = FakeData()
+    fetch_cell_chips(cells, "2024", settings, tmp_path / "gee", ee=FakeEE(again), retrier=retrier())
+    assert again.requests == []

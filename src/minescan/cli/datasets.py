@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 log = logging.getLogger("minescan")
 
@@ -35,12 +36,34 @@ def cmd_chips(args) -> int:
     if args.limit:
         cells = cells.iloc[: args.limit]
     polys = select_polygons(read_polygons(args.polygons, args.layer), args.select, args.polygons)
-    images = expand_sources(args.images)
+    if args.gee_config:  # each cell's composite from Earth Engine instead of local images
+        images = _gee_cell_chips(cells, args)
+    else:
+        images = expand_sources(args.images)
     n = write_chips(cells, polys, images, args.out, resolution_m=args.resolution_m, bands=args.bands,
                     scale=args.scale, table=args.table, preview=args.preview, rgb=args.rgb,
                     stretch=args.stretch, alpha=args.alpha)
     print(f"{n} chips in {args.out}")
     return 0
+
+
+def _gee_cell_chips(cells, args) -> list:
+    """Fetch the cells' composites through the gee chip code (minescan.datasets.gee) into OUT/gee/."""
+    from minescan import config as cfgmod
+    from minescan.cli.gee import _initialize
+    from minescan.datasets.gee import fetch_cell_chips
+    from minescan.errors import ConfigError
+    from minescan.periods import period_dates
+    from minescan.sources.gee.settings import GeeSettings
+
+    cfg = cfgmod.load(args.gee_config)
+    settings = GeeSettings.from_config(cfg)
+    period = args.period or (cfg.get("periods") or [None])[-1]
+    if not period:
+        raise ConfigError(f"{args.gee_config}: give --period (e.g. 2024 or 2024Q3)")
+    period_dates(period)
+    _initialize(settings)
+    return fetch_cell_chips(cells, period, settings, Path(args.out) / "gee", resolution_m=args.resolution_m)
 
 
 def cmd_yolo(args) -> int:
@@ -81,8 +104,13 @@ def register(sub) -> None:
     p.add_argument("--polygons", required=True)
     p.add_argument("--layer", default=None)
     p.add_argument("--select", default=None, metavar="COLUMN=VALUE", help="as for 'datasets grid'")
-    p.add_argument("--images", nargs="+", required=True,
-                   help="GeoTIFFs (e.g. the scan's tiles) or folders of them, any CRS, with band descriptions")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+",
+                     help="GeoTIFFs (e.g. the scan's tiles) or folders of them, any CRS, with band descriptions")
+    src.add_argument("--gee-config", default=None, metavar="CONFIG",
+                     help="instead of --images: fetch each cell's composite from Earth Engine (the scan config's "
+                     "source.gee composite and bands; chips kept in OUT/gee/, reruns fetch only missing ones)")
+    p.add_argument("--period", default=None, help="composite period with --gee-config (default: the config's last)")
     p.add_argument("--bands", nargs="+", default=None, help="bands to keep (default: all of the first image)")
     p.add_argument("--resolution-m", type=float, default=10.0)
     p.add_argument("--scale", type=float, default=1e-4, help="image value to reflectance factor")
