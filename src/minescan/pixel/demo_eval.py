@@ -60,7 +60,7 @@ def score_crop(model, tif, crop: int, out_tif) -> tuple[np.ndarray, object, obje
         raise InputDataError(f"{tif}: {w}x{h} px, smaller than the evaluation crop of {crop} px")
     r0, c0 = (h - crop) // 2, (w - crop) // 2
     with rasterio.open(tif) as ds:
-        t = ds.transform * Affine.translation(c0, r0)
+        t = ds.transform @ Affine.translation(c0, r0)
         crs, res = ds.crs, abs(ds.transform.a)
     feats = feature_array(arr.data[:, r0 : r0 + crop, c0 : c0 + crop], fs, 1e-4, 0, res, None, None, str(tif))
 
