@@ -25,6 +25,8 @@ if PIXEL_DEMO:
             ENV
         log:
             f"{LOGS}/pixel_demo_eval.log",
+        benchmark:
+            f"{BENCH}/pixel_demo_eval.tsv"
         params:
             periods=lambda wc: " ".join(pixel_demo_periods(wc)),
             models=" ".join(PIXEL_DEMO["models"]),
