@@ -52,7 +52,10 @@ def test_demo_eval_on_a_tiny_scene(tmp_path, capsys):
     scenes = [demo_scene(tmp_path, p, p) for p in ("2026Q1", "2026Q2")]
     # stand-in FCN sites: the 2026Q1 true mines themselves, so within the crop recall = precision = 1
     truth = read_vector(scenes[0][1])
-    write_vector(truth[truth["class"] == "mine"].to_crs(4326), tmp_path / "fcn_sites.gpkg")
+    # plus one 'site' far outside the crop, which must not count
+    fcn = truth[truth["class"] == "mine"].to_crs(4326)
+    far = gpd.GeoDataFrame(geometry=[box(-55.60, -5.90, -55.59, -5.89)], crs=4326)
+    write_vector(gpd.pd.concat([fcn, far], ignore_index=True), tmp_path / "fcn_sites.gpkg")
     (tmp_path / "summary.json").write_text(json.dumps({"evaluation": {"recall": 0.5, "precision": 0.25}}))
     out = tmp_path / "pixel" / "evaluation.json"
     args = ["pixel", "demo-eval", "--training-scene", str(train[0]), "--training-truth", str(train[1]),

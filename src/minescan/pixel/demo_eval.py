@@ -103,7 +103,9 @@ def _site_scores(sites, truth_path, frame_lonlat) -> dict:
     from minescan.scan.merge import evaluate_sites
     from minescan.vector_io import read_vector
 
-    ev = evaluate_sites(sites.to_crs(4326), read_vector(truth_path, None, "demo truth"), frame_lonlat)
+    sites = sites.to_crs(4326)
+    sites = sites[sites.intersects(frame_lonlat)]  # the sites within the evaluated crop
+    ev = evaluate_sites(sites, read_vector(truth_path, None, "demo truth"), frame_lonlat)
     return {
         k: ev[k]
         for k in (
