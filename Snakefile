@@ -44,6 +44,8 @@ include: "rules/change.smk"
 include: "rules/layers.smk"
 include: "rules/train_real.smk"
 include: "rules/datasets.smk"
+include: "rules/temporal.smk"
+include: "rules/pixel_demo.smk"
 
 
 rule all:
@@ -54,3 +56,5 @@ rule all:
         LAYERS_TARGETS,
         DATASETS_TARGETS,
         SEGMENT_TARGETS,
+        TEMPORAL_TARGETS,
+        PIXEL_DEMO_TARGETS,

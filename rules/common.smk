@@ -10,6 +10,7 @@ import re
 import shlex
 
 from minescan.grid import QUADRANTS
+from minescan.periods import following_periods
 from minescan.sources.local import expand_sources, sources_for_tile
 
 
@@ -36,6 +37,9 @@ SCALE = config["source"]["reflectance_scale"]
 REGION_LAYER_ARG = (
     f"--region-layer {shlex.quote(config['region']['layer'])}" if config["region"]["layer"] else ""
 )
+# pixel.water: the water polygons of a pixel model's distance-to-water feature, passed to detect when set
+WATER = config["pixel"]["water"]
+WATER_ARG = f"--water {shlex.quote(WATER)}" if WATER else ""
 DISCOVERY = config["models"]["discovery"]
 IMPACT = config["models"]["impact"]
 
@@ -86,3 +90,42 @@ def training_rule_args(kind):
         f"--folds {t['folds']} --epochs {t['epochs']} --batch-size {t['batch_size']} "
         f"--learning-rate {t['learning_rate']} --seed {t['seed']} --threshold {t['threshold']} {window}"
     )
+
+
+# the temporal layer (rules/temporal.smk): the median of the last N periods' probability rasters
+TEMPORAL = config["pixel"]["temporal"]
+TEMPORAL_N = TEMPORAL["last"]
+TEMPORAL_PERIODS = PERIODS[TEMPORAL_N - 1 :] if TEMPORAL_N >= 2 else []
+# a pixel model directory keeps its estimator in model.skops (as in model_files)
+PIXEL_DETECTOR = bool(DISCOVERY) and os.path.exists(f"{DISCOVERY}/model.skops")
+TEMPORAL_RASTER = "probability_10m.tif" if PIXEL_DETECTOR else "probability.tif"
+TEMPORAL_TARGETS = [f"{R}/{REGION}/{p}/temporal/sites.gpkg" for p in TEMPORAL_PERIODS]
+
+
+def temporal_periods(wildcards):
+    """The last N scanned periods up to this one, oldest first."""
+    if wildcards.period not in TEMPORAL_PERIODS:
+        raise ValueError(
+            f"no temporal layer for {wildcards.period}: it needs pixel.temporal.last = {TEMPORAL_N} >= 2 "
+            f"scanned periods up to it (scanned: {', '.join(PERIODS)})"
+        )
+    return PERIODS[: PERIODS.index(wildcards.period) + 1][-TEMPORAL_N:]
+
+
+def temporal_inputs(wildcards):
+    return [
+        f"{R}/{wildcards.region}/{p}/quadrants/{wildcards.tile}_{wildcards.quadrant}/probability.tif"
+        for p in temporal_periods(wildcards)
+    ]
+
+
+# the demo's pixel evaluation (rules/pixel_demo.smk)
+PIXEL_DEMO = config["pixel"]["demo_evaluation"]
+if PIXEL_DEMO and config["source"]["kind"] != "demo":
+    raise ValueError("pixel.demo_evaluation needs source.kind: demo (it evaluates on the demo's truth)")
+PIXEL_DEMO_TARGETS = [f"{R}/{REGION}/{PERIODS[-1]}/pixel/evaluation.json"] if PIXEL_DEMO else []
+
+
+def pixel_demo_periods(wildcards):
+    """The evaluated demo periods: this one and the ones after it."""
+    return following_periods(wildcards.period, PIXEL_DEMO["periods"])

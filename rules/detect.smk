@@ -16,6 +16,8 @@ rule detect:
         # ancient: a replaced impact model re-rates the candidates in classify, not by re-running detect
         impact=ancient(model_files(IMPACT)),
         region=config["region"]["file"],
+        # pixel.water (pixel models' distance-to-water feature), when set
+        water=WATER or [],
         # the pyramid's screen model, when it uses one
         screen=(
             model_files(PYRAMID["model"])
@@ -76,6 +78,7 @@ rule detect:
             else ""
         ),
         layer=REGION_LAYER_ARG,
+        water=WATER_ARG,
         # detect.pyramid as JSON when enabled (coarse screen first; docs/pyramid.md), else empty: full scan
         pyramid=(
             json.dumps(PYRAMID, sort_keys=True)
@@ -91,5 +94,5 @@ rule detect:
         "minescan detect --tile {wildcards.tile} --quadrant {wildcards.quadrant} --tile-path {input.tile:q} "
         "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
         "{params.threshold} {params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} "
-        "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} "
+        "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} {params.water} "
         "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

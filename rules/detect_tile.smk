@@ -17,6 +17,7 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             model=model_files(DISCOVERY),
             impact=ancient(model_files(IMPACT)),
             region=config["region"]["file"],
+            water=rules.detect.input.water,
             screen=rules.detect.input.screen,
         output:
             probability=[f"{SCAN}/quadrants/{{tile}}_{q}/probability.tif" for q in QUADRANTS],
@@ -39,6 +40,7 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             pyramid=rules.detect.params.pyramid,
             impact=rules.detect.params.impact,
             layer=rules.detect.params.layer,
+            water=rules.detect.params.water,
         threads: 2
         resources:
             mem_mb=int(1000 + 1.25 * (config["detect"]["max_block_mb"] or 384)),
@@ -48,5 +50,5 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             "minescan detect --tile {wildcards.tile} --quadrant {params.quadrants} --tile-path {input.tile:q} "
             "--model {params.model:q} --region {input.region:q} {params.layer} --scale {params.scale} "
             "{params.threshold} {params.strips} {params.impact} --on-empty {params.on_empty} {params.checks} "
-            "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} "
+            "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} {params.water} "
             "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"

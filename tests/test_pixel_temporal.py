@@ -95,3 +95,98 @@ def test_grid_mismatch_and_cli(tmp_path, capsys):
         == 0
     )
     assert "1 sites >= 0.5" in capsys.readouterr().out
+
+
+def test_sites_touching_across_a_quadrant_seam_are_merged(tmp_path, capsys):
+    """Two quadrants side by side (west 4 px wide, east from x = 4 px): a site on the seam is one site,
+    with summed pixels and area, the largest max and the pixel-weighted mean; a small site is dropped."""
+    west = raster(tmp_path / "w.tif", [[0, 0, 0.9, 0.9], [0, 0, 0, 0.7], [0.6, 0, 0, 0]])
+    east = raster(
+        tmp_path / "e.tif", [[0.8, 0, 0, 0], [0.8, 0, 0, 0.95], [0, 0, 0, 0]], T @ Affine.translation(4, 0)
+    )
+    sw = temporal_sites(west, 0.5, tmp_path / "sw.gpkg")
+    se = temporal_sites(east, 0.5, tmp_path / "se.gpkg")
+    assert len(sw) == 2 and len(se) == 2
+    # min_area_ha: a 10 m pixel is 0.01 ha
+    assert len(temporal_sites(west, 0.5, min_area_ha=0.02)) == 1
+    assert (
+        run(
+            [
+                "pixel",
+                "temporal-merge",
+                "--sites",
+                str(tmp_path / "sw.gpkg"),
+                str(tmp_path / "se.gpkg"),
+                "--out",
+                str(tmp_path / "m.gpkg"),
+                "--summary-out",
+                str(tmp_path / "t.json"),
+                "--periods",
+                "2026Q1",
+                "2026Q2",
+            ]
+        )
+        == 0
+    )
+    assert "3 temporal sites from 2 quadrants" in capsys.readouterr().out
+    from minescan.vector_io import read_vector
+
+    m = read_vector(tmp_path / "m.gpkg")
+    assert m.crs.to_epsg() == 4326 and list(m["site"]) == [1, 2, 3]
+    seam = m[m["quadrants"] == 2].iloc[0]
+    assert seam["pixels"] == 5 and seam["area_ha"] == pytest.approx(0.05)
+    assert seam["max_probability"] == pytest.approx(0.9)
+    assert seam["mean_probability"] == pytest.approx((0.9 + 0.9 + 0.7 + 0.8 + 0.8) / 5, abs=1e-5)
+    assert sorted(m["pixels"]) == [1, 1, 5]
+    import json
+
+    assert json.loads((tmp_path / "t.json").read_text())["sites"] == 3
+
+
+def test_threshold_from_the_card(tmp_path):
+    import json
+
+    from minescan.pixel.temporal import card_threshold
+
+    (tmp_path / "pix").mkdir()
+    (tmp_path / "pix" / "card.json").write_text(
+        json.dumps(
+            {
+                "kind": "pixel",
+                "threshold": 0.31,
+                "bands": ["B1"],
+                "window": 1,
+                "classes": [0, 1],
+                "normalisation": {},
+            }
+        )
+    )
+    assert card_threshold(tmp_path / "pix") == pytest.approx(0.31)
+    a = raster(tmp_path / "a.tif", [[0.3, 0.35]])
+    assert (
+        run(
+            [
+                "pixel",
+                "temporal",
+                "--rasters",
+                str(a),
+                "--out",
+                str(tmp_path / "m.tif"),
+                "--model",
+                str(tmp_path / "pix"),
+                "--sites-out",
+                str(tmp_path / "s.gpkg"),
+            ]
+        )
+        == 0
+    )
+    from minescan.vector_io import read_vector
+
+    assert list(read_vector(tmp_path / "s.gpkg")["pixels"]) == [1]
+
+
+def test_following_periods():
+    from minescan.periods import following_periods
+
+    assert following_periods("2026Q4", 3) == ["2026Q4", "2027Q1", "2027Q2"]
+    assert following_periods("2025", 2) == ["2025", "2026"]

@@ -46,6 +46,19 @@ def quarter_index(period: str) -> int:
     return int(m.group(1)) * 4 + int(m.group(2) or 4) - 1
 
 
+def following_periods(period: str, n: int) -> list[str]:
+    """``period`` and the n - 1 periods after it, of the same kind: 2026Q4, 3 -> [2026Q4, 2027Q1, 2027Q2];
+    2025, 2 -> [2025, 2026]."""
+    m = PERIOD_RE.match(period)
+    if not m:
+        raise ConfigError(f"period '{period}' is neither a year (2025) nor a quarter (2026Q1)")
+    year = int(m.group(1))
+    if m.group(2) is None:
+        return [str(year + i) for i in range(n)]
+    q0 = year * 4 + int(m.group(2)) - 1
+    return [f"{q // 4}Q{q % 4 + 1}" for q in range(q0, q0 + n)]
+
+
 def last_complete_period(every: str, today: dt.date) -> str:
     """The latest quarter/year that ended on or before ``today``."""
     if every == "year":

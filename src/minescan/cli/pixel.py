@@ -101,14 +101,57 @@ def cmd_train(args) -> int:
 
 
 def cmd_temporal(args) -> int:
-    from minescan.pixel.temporal import temporal_median, temporal_sites
+    from minescan.pixel.temporal import card_threshold, temporal_median, temporal_sites
 
+    if args.threshold is None:
+        args.threshold = card_threshold(args.model) if args.model else 0.5
     stats = temporal_median(args.rasters, args.out, args.last)
     line = f"median of the last {stats['periods']} rasters -> {args.out}"
     if args.sites_out:
-        sites = temporal_sites(args.out, args.threshold, args.sites_out)
+        sites = temporal_sites(args.out, args.threshold, args.sites_out, args.min_area_ha)
         line += f"; {len(sites)} sites >= {args.threshold} -> {args.sites_out}"
     print(line)
+    return 0
+
+
+def cmd_temporal_merge(args) -> int:
+    from minescan.io_utils import atomic_write_text
+    from minescan.pixel.temporal import merge_sites
+
+    sites = merge_sites(args.sites, args.out)
+    if args.summary_out:
+        summary = {
+            "periods": args.periods,
+            "quadrants": len(args.sites),
+            "sites": len(sites),
+            "area_ha": round(float(sites["area_ha"].sum()), 4) if len(sites) else 0.0,
+            "raster": args.raster,
+        }
+        atomic_write_text(args.summary_out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(f"{len(sites)} temporal sites from {len(args.sites)} quadrants -> {args.out}")
+    return 0
+
+
+def cmd_demo_eval(args) -> int:
+    from minescan.pixel.demo_eval import evaluate_demo, summary_lines
+
+    report = evaluate_demo(
+        args.training_scene,
+        args.training_truth,
+        args.scenes,
+        args.truths,
+        args.periods,
+        args.out,
+        fcn_sites=args.fcn_sites,
+        fcn_summary=args.fcn_summary,
+        models=args.models,
+        crop_px=args.crop_px,
+        max_pixels=args.max_pixels,
+        precision_floor=args.precision_floor,
+        min_site_pixels=args.min_site_pixels,
+        seed=args.seed,
+    )
+    print("\n".join(summary_lines(report)))
     return 0
 
 
@@ -221,8 +264,45 @@ def register(sub) -> None:
     m.add_argument(
         "--sites-out", default=None, help="sites (connected pixels >= threshold), .gpkg or .geojson"
     )
-    m.add_argument("--threshold", type=float, default=0.5)
+    m.add_argument(
+        "--threshold", type=float, default=None, help="site threshold (default: the --model card's, else 0.5)"
+    )
+    m.add_argument("--model", default=None, help="detector model directory whose card gives the threshold")
+    m.add_argument("--min-area-ha", type=float, default=0.0, help="drop smaller sites")
     m.set_defaults(func=cmd_temporal)
+
+    tm = psub.add_parser(
+        "temporal-merge",
+        help="the temporal sites of a scan's quadrants as one layer (EPSG:4326), sites touching "
+        "across a quadrant seam joined",
+    )
+    tm.add_argument("--sites", nargs="+", required=True, help="per-quadrant sites of minescan pixel temporal")
+    tm.add_argument("--out", required=True, help="merged sites, .gpkg or .geojson")
+    tm.add_argument("--summary-out", default=None, help="JSON: periods, quadrants, sites, area")
+    tm.add_argument("--periods", nargs="*", default=[], help="the periods of the median (for the summary)")
+    tm.add_argument("--raster", default=None, help="which raster the median is of (for the summary)")
+    tm.set_defaults(func=cmd_temporal_merge)
+
+    de = psub.add_parser(
+        "demo-eval",
+        help="pixel models on the SIMULATED demo scene: pixel and site precision/recall per period and "
+        "for the temporal median, next to the FCN's sites",
+    )
+    de.add_argument("--training-scene", required=True, help="the demo training scene (GeoTIFF)")
+    de.add_argument("--training-truth", required=True, help="its truth layer (class column)")
+    de.add_argument("--scenes", nargs="+", required=True, help="demo scene of each period, oldest first")
+    de.add_argument("--truths", nargs="+", required=True, help="truth layer of each period")
+    de.add_argument("--periods", nargs="+", required=True)
+    de.add_argument("--fcn-sites", default=None, help="the FCN scan's sites.gpkg of the first period")
+    de.add_argument("--fcn-summary", default=None, help="the FCN scan's summary.json of the first period")
+    de.add_argument("--models", nargs="+", default=["logistic"], choices=["logistic", "forest"])
+    de.add_argument("--crop-px", type=int, default=1536, help="central square scored and evaluated")
+    de.add_argument("--max-pixels", type=int, default=20000, help="training pixels")
+    de.add_argument("--precision-floor", type=float, default=0.8)
+    de.add_argument("--min-site-pixels", type=int, default=9)
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--out", required=True, help="evaluation JSON; the models go beside it (model-NAME/)")
+    de.set_defaults(func=cmd_demo_eval)
 
     e = psub.add_parser(
         "evaluate-chips",

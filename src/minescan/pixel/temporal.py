@@ -101,9 +101,10 @@ def temporal_median(paths: list, out, last_n: int | None = None, rows: int = 512
     return {"periods": len(paths), "valid_pixels": valid}
 
 
-def temporal_sites(median_path, threshold: float, out=None):
+def temporal_sites(median_path, threshold: float, out=None, min_area_ha: float = 0.0):
     """Sites of a median raster: connected pixels >= ``threshold`` as polygons (GeoDataFrame; written to
-    ``out`` when given) with ``area_ha``, ``mean_probability``, ``max_probability`` and ``pixels``."""
+    ``out`` when given) with ``area_ha``, ``mean_probability``, ``max_probability`` and ``pixels``; sites
+    smaller than ``min_area_ha`` are dropped."""
     import geopandas as gpd
     from rasterio.features import shapes
     from scipy import ndimage
@@ -135,6 +136,7 @@ def temporal_sites(median_path, threshold: float, out=None):
             "geometry": unary_union(by_id[int(k)]),
         }
         for k, c, m, t in zip(idx, count, mean, top, strict=True)
+        if float(c) * px_area >= min_area_ha
     ]
     gdf = (
         gpd.GeoDataFrame(recs, geometry="geometry", crs=crs)
@@ -150,6 +152,75 @@ def temporal_sites(median_path, threshold: float, out=None):
 
         write_vector(gdf, out)
     return gdf
+
+
+SITE_COLUMNS = ["site", "pixels", "area_ha", "mean_probability", "max_probability"]
+
+
+def card_threshold(model_dir) -> float:
+    """The scan threshold of a detector's card: a pixel model's ``threshold``, the FCN's scan threshold."""
+    from minescan.models.store import read_card, scan_threshold
+
+    card = read_card(model_dir)
+    return float(card["threshold"]) if card.get("kind") == "pixel" else float(scan_threshold(card))
+
+
+def merge_sites(paths: list, out=None):
+    """The sites of several quadrants' median rasters as one layer in EPSG:4326: sites that touch across a
+    quadrant seam (same CRS) become one, with summed ``pixels`` / ``area_ha``, the largest
+    ``max_probability`` and the pixel-weighted ``mean_probability``; numbered from 1 in file order."""
+    import geopandas as gpd
+    import pandas as pd
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from shapely.ops import unary_union
+
+    from minescan.vector_io import read_vector, write_vector
+
+    frames = []
+    for p in paths:
+        try:
+            frames.append(read_vector(p))
+        except Exception as exc:  # noqa: BLE001 - any reader error names the file
+            raise InputDataError(f"{p}: cannot be read as a sites layer ({exc})") from exc
+    merged = []
+    by_crs: dict[str, list] = {}
+    for f in frames:
+        if len(f):
+            by_crs.setdefault(f.crs.to_string() if f.crs else "", []).append(f)
+    for group in by_crs.values():
+        g = pd.concat(group, ignore_index=True)
+        left, right = g.sindex.query(g.geometry, predicate="intersects")
+        n = len(g)
+        graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        for c in np.unique(comp):  # components in order of their first member
+            part = g[comp == c]
+            pixels = part["pixels"].to_numpy()
+            merged.append(
+                gpd.GeoDataFrame(
+                    {
+                        "pixels": [int(pixels.sum())],
+                        "area_ha": [round(float(part["area_ha"].sum()), 4)],
+                        "mean_probability": [
+                            round(float((part["mean_probability"] * pixels).sum() / pixels.sum()), 6)
+                        ],
+                        "max_probability": [round(float(part["max_probability"].max()), 6)],
+                        "quadrants": [int(len(part))],
+                    },
+                    geometry=[unary_union(list(part.geometry))],
+                    crs=g.crs,
+                ).to_crs(4326)
+            )
+    if merged:
+        sites = pd.concat(merged, ignore_index=True)
+        sites.insert(0, "site", np.arange(1, len(sites) + 1))
+        sites = gpd.GeoDataFrame(sites, geometry="geometry", crs=4326)
+    else:
+        sites = gpd.GeoDataFrame({c: [] for c in SITE_COLUMNS + ["quadrants"]}, geometry=[], crs=4326)
+    if out is not None:
+        write_vector(sites, out)
+    return sites
 
 
 def pixel_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
