@@ -279,3 +279,32 @@ def test_shipped_v2_loads_and_scores(tmp_path, capsys):
     assert main(["evaluate-chips", "--model", str(MODEL), "--chips", str(path), "--json"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["n"] == 64 and r["threshold"] == pytest.approx(model.threshold)
+
+
+@needs_model
+def test_scan_applies_the_v2_model_to_12_band_tiles(tmp_path):
+    """A scan config can name models/amazon-rgb48-v2 (window 54): bands picked by name, 27 px cells, every
+    cell of a quadrant computed."""
+    import rasterio
+    from conftest import grid_tile, write_scene
+    from shapely.geometry import box
+
+    from minescan import SENTINEL2_BANDS
+    from minescan.grid import to_crs
+    from minescan.models.store import load_model
+    from minescan.scan.detect import run_detect
+    from minescan.sources.local import make_tile
+
+    model = load_model(MODEL, expect_kind="discovery")
+    assert model.band_indices(list(SENTINEL2_BANDS), "tile") == [3, 2, 1]
+    t = grid_tile()
+    scene = write_scene(tmp_path / "scene.tif", [t], noise_seed=2)
+    make_tile(t, [scene], list(SENTINEL2_BANDS), tmp_path / "tile.tif")
+    region = to_crs(box(*t.core_bounds), t.id.epsg, 4326)
+    info = run_detect(tmp_path / "tile.tif", t, "NE", model, region, 1e-4, None, 8, tmp_path / "p.tif",
+                      tmp_path / "c.csv")
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        assert ds.res == (270.0, 270.0)
+        p = ds.read(1)
+    assert info["valid_cells"] == p.size == 12 * 12
+    assert ((p >= 0) & (p <= 1)).all()
