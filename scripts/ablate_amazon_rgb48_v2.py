@@ -37,6 +37,8 @@ ROWS = {
                  {"pad": 3}),
     "ensemble": ("bootstrap ensemble: 6 branches [16,32,32,32], each on its own 70 % bootstrap sample",
                  {"branches": [[16, 32, 32, 32]] * 6, "bootstrap": 0.7}),
+    "ensemble5": ("bootstrap ensemble at full width: 5 branches [32,64,64,64], each on its own 70 % bootstrap "
+                  "sample (2.5x the scan cost of v1)", {"branches": [[32, 64, 64, 64]] * 5, "bootstrap": 0.7}),
     "augment": ("continuous rotation 360 deg, shift +-10 %, zoom +-10 % (reflect fill), on top of D4 and the "
                 "radiometric (contrast, gain, noise) jitter", {"aug_rotate": 180.0, "aug_shift": 0.1,
                                                                "aug_zoom": 0.1}),
