@@ -1,7 +1,8 @@
 # Train the discovery FCN ensemble on real Sentinel-2 RGB chips (earthrise-media/mining-detector galleries,
 # CC BY 4.0, Earth Genome): temporal cross-validation grouped by gallery (each fold
 # holds out one composite year; threshold chosen on the pooled out-of-fold scores), then a refit on all
-# chips. The shipped copy of the result lives in models/amazon-rgb48/.
+# chips. The shipped copy of the result lives in models/amazon-rgb48/. Rule train_amazon_rgb48_v2 trains v2
+# (issue 18: forward-chaining folds, recipe config/train-amazon-rgb48-v2.json), shipped in models/amazon-rgb48-v2/.
 # Included from the Snakefile; also runs on its own: snakemake -s rules/train_real.smk --cores 2 train_amazon_rgb48
 #
 #   snakemake --cores 2 train_amazon_rgb48

@@ -2,18 +2,26 @@
 
 Pipeline (one command, fixed seeds):
 
-1. **Temporal cross-validation.** Each fold holds out the galleries of one composite year (2024, 2023, 2019 by
-   default) and trains on the others plus the undated galleries, which mimics "apply the model to a later
-   year". The split is grouped by *gallery*: a gallery's clearer and cloudier twins share a year, so no
-   gallery and no twin is on both sides. Each fold trains the full configuration (all branches) and scores
-   its held-out chips (with D4 test-time augmentation when configured). The decision threshold is picked
-   on the pooled out-of-fold scores: the lowest cut-off whose specificity reaches ``spec_target``.
+1. **Validation grouped by gallery**, one of two schemes (``TrainConfig.validation``):
+
+   - ``"holdout"`` (v1): each fold holds out the galleries of one composite year (2024, 2023, 2019) and trains
+     on the others plus the undated galleries;
+   - ``"forward"`` (v2, issue 18): forward chaining; each fold validates on one year's galleries and trains only
+     on galleries whose composite starts in or before an earlier year, plus the undated ones (default: train
+     <= 2023 -> validate 2024, train <= 2019 -> validate 2023), which is how a monitoring user applies the model.
+
+   A gallery's clearer and cloudier twins share a year, and the split code refuses any gallery (so any twin) on
+   both sides. Each fold trains the full configuration (all branches) and scores its validation chips (with D4
+   test-time augmentation when configured). The decision threshold is picked on the pooled out-of-fold scores:
+   the lowest cut-off whose specificity reaches ``spec_target``.
 2. **Refit.** Train the same configuration (same epochs, same seeds) on all chips and ship it with that
    threshold and the out-of-fold figures in its card.
 
 Every branch is :func:`minescan.models.networks.build_discovery_fcn` (three MaxPool3 -> output stride 27, free input
 size), so the shipped ensemble, whose branches' softmax outputs are averaged inside one Keras model, still runs
-as a fully convolutional network over whole tiles.
+as a fully convolutional network over whole tiles. With ``pad`` = 3 the chips are reflect-padded to a 54 px window
+(two cells, 2 x 2 valid head), whose single output cell sees the chip symmetrically; with 48 px the valid pooling
+drops the chip's last rows and columns (receptive field chip px -13..39).
 """
 
 from __future__ import annotations
