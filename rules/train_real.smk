@@ -1,7 +1,8 @@
 # Train the discovery FCN ensemble on real Sentinel-2 RGB chips (earthrise-media/mining-detector galleries,
 # CC BY 4.0, Earth Genome): temporal cross-validation grouped by gallery (each fold
 # holds out one composite year; threshold chosen on the pooled out-of-fold scores), then a refit on all
-# chips. The shipped copy of the result lives in models/amazon-rgb48/.
+# chips. The shipped copy of the result lives in models/amazon-rgb48/. Rule train_amazon_rgb48_v2 trains v2
+# (issue 18: forward-chaining folds, recipe config/train-amazon-rgb48-v2.json), shipped in models/amazon-rgb48-v2/.
 # Included from the Snakefile; also runs on its own: snakemake -s rules/train_real.smk --cores 2 train_amazon_rgb48
 #
 #   snakemake --cores 2 train_amazon_rgb48
@@ -66,3 +67,34 @@ rule evaluate_amazon_rgb48:
         "minescan evaluate-chips --model {params.model:q} --chips {input.chips:q} "
         "--out {output.scores:q} --json "
         "2> {log:q} | tail -n 1 > {output.metrics:q}"
+
+
+REAL_MODEL_V2 = f"{REAL_RESULTS}/models/amazon-rgb48-v2"
+
+
+rule train_amazon_rgb48_v2:
+    """amazon-rgb48 v2 (issue 18): forward-chaining validation (train <= 2023 + undated -> 2024, <= 2019 +
+    undated -> 2023; threshold on the pooled forward folds), the recipe in config/train-amazon-rgb48-v2.json,
+    then a refit on all chips. The shipped copy lives in models/amazon-rgb48-v2/."""
+    input:
+        chips=REAL_CHIPS,
+        recipe="config/train-amazon-rgb48-v2.json",
+    output:
+        model=f"{REAL_MODEL_V2}/model.keras",
+        card=f"{REAL_MODEL_V2}/card.json",
+    conda:
+        REAL_ENV
+    log:
+        f"{REAL_RESULTS}/logs/train_amazon_rgb48_v2.log",
+    benchmark:
+        f"{REAL_RESULTS}/benchmarks/train_amazon_rgb48_v2.tsv"
+    params:
+        out=lambda w, output: os.path.dirname(output.model),
+        seed=42,
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    shell:
+        "minescan train-chips --chips {input.chips:q} --out {params.out:q} --seed {params.seed} "
+        "--config {input.recipe:q} --name amazon-rgb48-v2 --threads {threads} > {log:q} 2>&1"

@@ -60,14 +60,18 @@ def register(subparsers) -> None:
 
     tr = subparsers.add_parser(
         "train-chips", help="train the discovery FCN ensemble on real RGB chips and write a model directory",
-        description="Temporal cross-validation grouped by gallery (each fold holds out one composite year; the "
-                    "threshold is chosen on the pooled out-of-fold scores), then a refit on all chips; writes "
+        description="Temporal validation grouped by gallery (holdout: each fold holds out one composite year; "
+                    "forward, with config validation='forward': each fold trains on earlier years plus the undated "
+                    "galleries and validates on a later year; the threshold is chosen on the pooled out-of-fold "
+                    "scores), then a refit on all chips; writes "
                     "model.keras + card.json (with validation figures and reference scores) to --out.")
     tr.add_argument("--chips", required=True, help="labelled chip .npz (x, y, source, period)")
     tr.add_argument("--out", required=True, help="output model directory")
     tr.add_argument("--seed", type=int, help="random seed (default from the config: 42)")
     tr.add_argument("--epochs", type=int, help="epochs per branch (default from the config)")
-    tr.add_argument("--config", help="JSON object overriding training settings (see chip_training.TrainConfig)")
+    tr.add_argument("--config", help="JSON object (or a file holding one) overriding training settings "
+                                     "(see minescan.models.train_chips.TrainConfig)")
+    tr.add_argument("--name", help="model name written to the card (default amazon-rgb48)")
     tr.add_argument("--no-refit", action="store_true", help="ship the last fold's model instead of refitting on all chips")
     tr.add_argument("--threads", type=int, help="CPU threads for TensorFlow (default 2)")
     tr.set_defaults(func=train_chips_command)
@@ -166,9 +170,10 @@ def evaluate_chips_command(args) -> int:
     if list(model.bands) != list(CHIP_BANDS):
         raise InputDataError(f"{args.chips}: chips hold bands {', '.join(CHIP_BANDS)} (R, G, B) but model "
                              f"{args.model} takes {', '.join(model.bands)}")
-    if model.window != chips.x.shape[1]:
+    chip_window = int(model.card.get("chip_window", model.window))  # v2: 48 px chips reflect-padded to 54
+    if chip_window != chips.x.shape[1]:
         raise InputDataError(f"{args.chips}: array 'x' holds {chips.x.shape[1]} px chips but model "
-                             f"{args.model} expects {model.window} px")
+                             f"{args.model} expects {chip_window} px")
     tta = _tta_for(args, model.card)
     if args.threshold is not None:
         threshold = float(args.threshold)
@@ -240,7 +245,12 @@ def train_chips_command(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
-        cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+        text = args.config
+        if text and not text.lstrip().startswith("{"):
+            if not Path(text).is_file():
+                raise InputDataError(f"--config: {text} is neither a JSON object nor an existing file")
+            text = Path(text).read_text()
+        cfg = TrainConfig.from_json(text) if text else TrainConfig()
     except (json.JSONDecodeError, TypeError) as exc:
         raise InputDataError(f"--config: not a valid training configuration ({exc})") from exc
     if args.seed is not None:
@@ -252,11 +262,12 @@ def train_chips_command(args) -> int:
     if args.no_refit:
         cfg = replace(cfg, refit=False)
     chips = load_chips(args.chips, require_labels=True)
-    card = run(chips, args.out, cfg, chips_arg=args.chips)
+    card = run(chips, args.out, cfg, chips_arg=args.chips, name=args.name)
     m = card["metrics"]
     if "auc" in m:
         print(f"validation ({m['split']['kind']}, {m['split']['n_validation']} chips): AUC {m['auc']:.4f} "
               f"sensitivity {m['sensitivity']:.4f} specificity {m['specificity']:.4f} at threshold "
-              f"{card['threshold']:.4f}; sensitivity@specificity0.99 {m['sensitivity_at_specificity_0.99']:.4f}")
+              f"{card['threshold']:.4f}; sensitivity@specificity0.99 {m['sensitivity_at_specificity_0.99']:.4f}, "
+              f"@0.995 {m['sensitivity_at_specificity_0.995']:.4f}")
     print(f"model written to {args.out} ({card['training']['wall_seconds']:.0f}s)")
     return 0

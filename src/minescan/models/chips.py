@@ -66,6 +66,16 @@ def valid_mask(x: np.ndarray) -> np.ndarray:
     return np.any(x != 0, axis=-1)
 
 
+def reflect_pad(x: np.ndarray, pad: int) -> np.ndarray:
+    """Chips (N, H, W, C) mirrored outwards by ``pad`` px on every side (half-sample symmetric: ... b a | a b ...).
+
+    A 48 px chip padded by 3 px fills the 54 px window of an FCN whose single output cell then sees the
+    chip symmetrically (two 27 px cells, no pixel dropped by the pooling)."""
+    if pad <= 0:
+        return x
+    return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+
+
 def gallery_of(source: str) -> str:
     """The gallery a chip came from, without the composite's ``_S2L1C_clear…`` tail or ``_rgb_preview``.
 

@@ -12,11 +12,12 @@ import math
 import numpy as np
 
 from minescan.errors import ModelError
-from minescan.models.chips import uint8_to_reflectance, valid_mask
+from minescan.models.chips import reflect_pad, uint8_to_reflectance, valid_mask
 from minescan.models.store import normalise
 
 TTA_MODES = ("none", "d4")
 SPECIFICITY_POINT = 0.99
+SPECIFICITY_POINTS = (0.99, 0.995)
 
 
 def prepare_chips(x_uint8: np.ndarray, norm: dict) -> np.ndarray:
@@ -81,11 +82,14 @@ def predict_probabilities(network, z: np.ndarray, tta: str = "none", positive: i
 
 
 def score_chips(model, x_uint8: np.ndarray, tta: str | None = None, batch_size: int = 1024) -> np.ndarray:
-    """Scores of uint8 chips with a :class:`minescan.models.store.LoadedModel`; TTA as in its card by default."""
+    """Scores of uint8 chips with a :class:`minescan.models.store.LoadedModel`; TTA as in its card by default.
+
+    A card with ``chip_pad`` (a window larger than the chips, e.g. 54 px for 48 px chips) gets the chips
+    reflect-padded by that many px on every side first, as in training."""
     card = model.card
     if tta is None:
         tta = card.get("tta", "none")
-    z = prepare_chips(x_uint8, card["normalisation"])
+    z = prepare_chips(reflect_pad(x_uint8, int(card.get("chip_pad", 0))), card["normalisation"])
     return predict_probabilities(model.network, z, tta=tta, positive=_positive_index(card), batch_size=batch_size)
 
 
@@ -129,7 +133,8 @@ def _ratio(a: float, b: float) -> float:
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    """Counts and rates at ``threshold`` (detection: p >= threshold), AUC and the 0.99-specificity point."""
+    """Counts and rates at ``threshold`` (detection: p >= threshold), AUC and the 0.99 and 0.995 specificity
+    points."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = np.asarray(y).astype(int)
@@ -159,6 +164,9 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
         "accuracy": _ratio(tp + tn, len(y)),
         f"sensitivity_at_specificity_{SPECIFICITY_POINT}": sens99,
         f"threshold_at_specificity_{SPECIFICITY_POINT}": cut99,
+        **{k: v for point in SPECIFICITY_POINTS if point != SPECIFICITY_POINT
+           for k, v in zip((f"sensitivity_at_specificity_{point}", f"threshold_at_specificity_{point}"),
+                           sensitivity_at_specificity(y, p, point), strict=True)},
     }
 
 
