@@ -44,6 +44,8 @@ demo: $(STAMP)
 	seg and print(f\"segmentation (held-out SIMULATED tiles, per tile): pixel F1 {seg['test_metrics']['f1']} precision {seg['test_metrics']['precision']} recall {seg['test_metrics']['recall']}\"); \
 	a and print(f\"site area vs truth, median relative error: cells {a['median_relative_error_cells']}, segmented {a['median_relative_error_segmented']} ({a['sites_on_true_mines']} sites)\"); \
 	print('layers in results/demo/2026Q1/')"
+	@test ! -f results/demo/2026Q1/pixel/evaluation.json || $(BIN)/python -c "import json; from minescan.pixel.demo_eval import summary_lines; \
+	print(chr(10).join(summary_lines(json.load(open('results/demo/2026Q1/pixel/evaluation.json')))))"
 
 test: $(STAMP)
 	@# as root (CI): headless Chromium for the map tests (they skip, saying why, without it)
