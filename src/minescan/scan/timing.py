@@ -33,6 +33,18 @@ def process_age_s() -> float | None:
         return None
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (MB) since it started its program (``VmHWM``; Linux only)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class JobClock:
     """Accumulates named phases (seconds); ``total_s`` is the process's age when :meth:`summary` is called."""
 
@@ -74,12 +86,16 @@ class JobClock:
         out = {k: round(self.phases[k], 3) for k in PHASES if k in self.phases}
         out["other"] = round(max(0.0, total - sum(self.phases.values())), 3)
         out.update(total=round(total, 3), read_in_thread=round(self.read_s, 3), quadrants=self.quadrants)
+        rss = peak_rss_mb()
+        if rss is not None:
+            out["peak_rss_mb"] = round(rss, 1)
         return out
 
     def log(self) -> dict:
         s = self.summary()
         parts = ", ".join(f"{k.replace('_', ' ')} {s[k]:.2f}" for k in (*PHASES, "other") if k in s)
         log.info("job time %.2f s for %d quadrant(s): %s (read + decode %.2f s in the read-ahead thread, "
-                 "overlapping the network)", s["total"], s["quadrants"], parts, s["read_in_thread"])
+                 "overlapping the network; peak RSS %s MB)", s["total"], s["quadrants"], parts, s["read_in_thread"],
+                 s.get("peak_rss_mb", "?"))
         log.info("job timing %s", json.dumps(s, sort_keys=True))
         return s
