@@ -369,9 +369,13 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    if not (diff <= 1e-5 and same_nan and identical):
+    from minescan.scan.device import PRECISION_TOLERANCE
+
+    bf16_diff = max(res.get("bf16_floor_max_diff", 0.0), res.get("bf16_job", {}).get("max_diff", 0.0))
+    if not (diff <= 1e-5 and same_nan and identical and bf16_diff <= PRECISION_TOLERANCE["bfloat16"]):
         raise SystemExit(f"FAIL: job vs floor max |diff| {diff:.2e}, NaN equal {same_nan}; tile mode identical "
-                         f"{identical}")
+                         f"{identical}; bfloat16 max |diff| {bf16_diff:.4f} (tolerance "
+                         f"{PRECISION_TOLERANCE['bfloat16']})")
 
 
 def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: dict) -> None:

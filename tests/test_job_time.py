@@ -108,3 +108,28 @@ def test_detect_logs_where_the_job_time_goes(tmp_path, caplog, tile_file, bright
     for o in outs.values():
         with rasterio.open(o / "probability.tif") as ds:
             assert np.isfinite(ds.read(1)).any()
+
+
+def test_detect_as_a_process_exits_with_its_status(tmp_path, tile_file, bright_model_dir):
+    """The CLI leaves without TensorFlow's teardown (cli.FAST_EXIT): outputs complete, exit status kept."""
+    import subprocess
+    import sys
+
+    region = tmp_path / "region.geojson"
+    gpd.GeoDataFrame(geometry=[to_crs(box(*TILE.core_bounds), TILE.id.epsg, 4326)], crs=4326).to_file(region)
+
+    def detect(tile_path):
+        return subprocess.run([sys.executable, "-m", "minescan.cli", "detect", "--tile", TILE.name, "--quadrant", "NW",
+                               "--tile-path", str(tile_path), "--model", str(bright_model_dir), "--region",
+                               str(region), "--tile-px", "648", "--halo-px", "160", "--prob-out",
+                               str(tmp_path / "p.tif"), "--candidates-out", str(tmp_path / "c.csv")],
+                              capture_output=True, text=True)
+
+    r = detect(tile_file)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "job timing" in r.stderr and (tmp_path / "c.csv").exists()
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        assert np.isfinite(ds.read(1)).any()
+    r = detect(tmp_path / "missing.tif")  # fails after TensorFlow has started and the model is loaded
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("minescan: error:") and "missing.tif" in r.stderr
