@@ -133,3 +133,27 @@ def test_detect_as_a_process_exits_with_its_status(tmp_path, tile_file, bright_m
     r = detect(tmp_path / "missing.tif")  # fails after TensorFlow has started and the model is loaded
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith("minescan: error:") and "missing.tif" in r.stderr
+
+
+def test_strip_rows_are_counted_per_call_when_stats_are_shared():
+    """A pyramid scan passes one InferenceStats to several predict_cells calls: every strip's input rows
+    are counted from its own call (they add up to each call's span height), so the first-call estimate holds."""
+    import keras
+    from test_inference import _image, _norm, _reader
+
+    from minescan.models.networks import FcnGeometry, build_discovery_fcn
+    from minescan.scan.inference import predict_cells
+
+    keras.utils.set_random_seed(3)
+    net, g, img, norm = build_discovery_fcn(12, 201), FcnGeometry(201), _image(), _norm()
+    st = InferenceStats()
+    spans = []
+    for kx, ky in ((range(2, 12), range(1, 9)), (range(3, 9), range(10, 21))):
+        predict_cells(net, g, _reader(img), norm, kx, ky, block_cells=3, stats=st)
+        a, b = g.input_span(ky.start, len(ky))
+        spans.append(b - a)
+    assert all(r > 0 for r in st.strip_rows) and len(st.strip_rows) == len(st.strip_compute_s) == 3 + 4
+    # the first stage consumes the span but for its last, incomplete pooling window (< 1 cell of 27 px)
+    for got, span in zip([sum(st.strip_rows[:3]), sum(st.strip_rows[3:])], spans, strict=True):
+        assert 0 <= span - got < 27, (got, span)
+    assert st.first_call_s >= 0

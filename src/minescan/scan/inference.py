@@ -718,6 +718,7 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
         raise AssertionError(f"stream yields {tail.height} rows for {ny} cells")
     out = np.empty((ny, nx), dtype=np.float32)
     starts = list(range(1, ny + 1, n))
+    served = 0  # span rows the first stage had consumed before this strip
     try:
         for i, a in enumerate(starts):
             b = min(a + n, ny + 1)
@@ -726,7 +727,8 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
             before = clock["compute_s"]
             rows = tail.rows(a, b)[:, 1 : 1 + nx, 1]
             stats.strip_compute_s.append(clock["compute_s"] - before)
-            stats.strip_rows.append(source.served - sum(stats.strip_rows))
+            stats.strip_rows.append(source.served - served)
+            served = source.served
             # the valid-pixel counts of these cells are final: their footprints have been read
             frac = counts[a - 1 : b - 1] / np.float32(STRIDE * STRIDE)
             out[a - 1 : b - 1] = np.where(frac >= MIN_VALID_FRACTION, rows, np.float32(np.nan))
