@@ -56,6 +56,11 @@ def test_site_settings_are_marked_in_one_place():
     assert all(v in block for v in ('slurm_partition: "cpu"', '"gpu"', '"gpu:1"', "slurm_account"))
 
 
+@pytest.mark.parametrize("profile", ["slurm", "slurm-cpu"])
+def test_cluster_profiles_run_a_tile_per_detect_job(profile):
+    assert _profile(profile)["config"] == 'detect={"quadrants_per_job": "tile"}'
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("profiles")
@@ -86,7 +91,8 @@ def test_profiles_dry_run_with_their_partitions_and_gpus(tiny, profile):
         profile_args=("--profile", str(ROOT / "profiles" / profile)),
     )
     jobs = _jobs(r.stdout + r.stderr)
-    assert set(jobs) == {"tile", "detect", "classify", "merge"}, jobs
+    # the profiles run a tile's four quadrants in one detect job (detect.quadrants_per_job: tile)
+    assert set(jobs) == {"tile", "detect_tile", "classify", "merge"}, jobs
     for rule, res in jobs.items():
         on_gpu = profile == "slurm" and rule in GPU_RULES
         assert ("slurm_partition=gpu" in res) == on_gpu and ("gres=gpu:1" in res) == on_gpu, (rule, res)

@@ -41,6 +41,9 @@ def cmd_config_reference(args) -> int:
 
 
 def cmd_detect(args) -> int:
+    from minescan.scan.timing import JobClock
+
+    clock = JobClock()  # first: the process's start-up so far is counted from here
     from minescan.models.store import load_model, read_card
     from minescan.scan import device
 
@@ -52,19 +55,28 @@ def cmd_detect(args) -> int:
 
         return cmd_detect_pixel(args)
     from minescan.scan.detect import run_detect
-    from minescan.scan.inference import DEFAULT_MAX_BLOCK_MB, compute_precision, import_keras_lean
+    from minescan.scan.inference import (
+        DEFAULT_MAX_BLOCK_MB,
+        InferenceStats,
+        compute_precision,
+        import_keras_lean,
+    )
     from minescan.scan.quality import QualityCheck
     from minescan.vector_io import read_region
 
-    import_keras_lean()
-    dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, the device line
+    clock.add("imports", clock.elapsed())  # minescan's scan modules: numpy, pandas, rasterio, shapely
+    with clock.phase("tensorflow_import"):
+        import_keras_lean()
+    with clock.phase("device"):
+        dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device line
     max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB,
                                                                device.host_limit_mb())
     if not args.max_block_mb and dev.kind == "GPU":
         log.info("strip budget %.0f MB from the GPU's free memory (detect.max_block_mb unset)", max_block_mb)
-    model = load_model(args.model, expect_kind="discovery")
-    impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
-    region = read_region(args.region, args.region_layer)
+    with clock.phase("models"):
+        model = load_model(args.model, expect_kind="discovery")
+        impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
+        region = read_region(args.region, args.region_layer)
     quality = QualityCheck(args.cloud_check, args.cloud_min_reflectance, args.cloud_max_fraction,
                            args.band_order_check)
     pyramid = None
@@ -83,7 +95,9 @@ def cmd_detect(args) -> int:
                        args.threshold, args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
                        impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label},
-                       patch_stride=args.patch_stride, patch_method=args.patch_inference, pyramid=pyramid)
+                       patch_stride=args.patch_stride, patch_method=args.patch_inference, pyramid=pyramid,
+                       stats=InferenceStats(), clock=clock)
+    clock.log()
     return 0
 
 

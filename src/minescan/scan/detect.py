@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from minescan.scan.inference import (
     log_progress,
     predict_cells,
 )
-from minescan.scan.quality import QualityCheck, check_quadrant
+from minescan.scan.quality import QualityCheck, StreamSample, check_quadrant
+from minescan.scan.timing import JobClock
 from minescan.sources.local import TileRaster
 
 log = logging.getLogger(__name__)
@@ -95,15 +97,19 @@ def open_tile(tile_path, tile: Tile) -> TileRaster:
 def quadrant_probabilities(raster: TileRaster, tile: Tile, quadrant: str, model: LoadedModel, scale: float,
                            block_cells: int | None = None, core_px=None, *,
                            max_block_mb: float = DEFAULT_MAX_BLOCK_MB, method: str = "auto",
-                           stats: InferenceStats | None = None, rater: StreamRater | None = None):
+                           stats: InferenceStats | None = None, rater: StreamRater | None = None,
+                           sample: StreamSample | None = None):
     """Probability grid for the cells of one quadrant core (or any ``core_px`` rectangle) of a tile.
 
     Exact whatever the strip/block size (see :mod:`minescan.scan.inference`): ``block_cells`` fixes it in output
-    cells, otherwise it is the largest whose working memory fits ``max_block_mb``."""
+    cells, otherwise it is the largest whose working memory fits ``max_block_mb``. ``sample`` collects the
+    quality checks' pixels from the rows read."""
     geometry = FcnGeometry(model.window)
     check_halo(tile.grid, geometry.halo_px, f"the {model.window} px discovery model {model.path}")
     kx, ky = cells_in_core(core_px or tile.quadrant_core_px(quadrant))
-    prob = predict_cells(model.network, geometry, _raw_reader(raster, model), normalisation(raster, model, scale),
+    read = _raw_reader(raster, model)
+    read = sample.wrap(read) if sample is not None else read
+    prob = predict_cells(model.network, geometry, read, normalisation(raster, model, scale),
                          kx, ky, max_block_mb=max_block_mb, block_cells=block_cells, method=method,
                          progress=log_progress(f"{tile.name} {quadrant}"), stats=stats,
                          on_rows=rater.start(kx, ky) if rater else None, keep_px=rater.keep_px if rater else 0)
@@ -130,6 +136,7 @@ class StreamRater:
         self.ratings: dict[tuple[int, int], np.ndarray] = {}
         self._keys: list[tuple[int, int]] = []
         self._raw: list[np.ndarray] = []
+        self.rate_s = 0.0  # time spent rating (inside the FCN stream)
 
     def start(self, kx: range, ky: range):
         self.kx, self.ky = kx, ky
@@ -157,6 +164,11 @@ class StreamRater:
             self._rate(self.batch_size)
 
     def _rate(self, n: int) -> None:
+        t = time.perf_counter()
+        self._rate_batch(n)
+        self.rate_s += time.perf_counter() - t
+
+    def _rate_batch(self, n: int) -> None:
         keys, patches = self._keys[:n], np.stack(self._raw[:n])
         del self._keys[:n], self._raw[:n]
         probs = np.asarray(self.model.network.predict_on_batch(self.norm.apply(patches)[0]))
@@ -208,7 +220,7 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                impact: LoadedModel | None = None, impact_batch_size: int = 512,
                stats: InferenceStats | None = None, quality: QualityCheck | None = DEFAULT_QUALITY,
                tags: dict | None = None, patch_stride: int | None = None, patch_method: str = "auto",
-               pyramid=None) -> dict:
+               pyramid=None, clock: JobClock | None = None) -> dict:
     """The discovery job of one quadrant: probability COG + candidates CSV (see quadrant_probabilities).
 
     With an ``impact`` model the candidates are also rated here, in the same process (TensorFlow is already
@@ -219,13 +231,18 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
     see :mod:`minescan.scan.device`).
 
     An imported patch classifier (card ``patch``) is scanned by :mod:`minescan.scan.patches` every
-    ``patch_stride`` px (default: the card's stride) with ``patch_method``; its cells are that stride."""
+    ``patch_stride`` px (default: the card's stride) with ``patch_method``; its cells are that stride.
+    ``clock``: where the job's time went is added to it (:mod:`minescan.scan.timing`)."""
     from minescan.models.imported import is_patch_model
+
+    clock = clock if clock is not None else JobClock()
+    stats = stats if stats is not None else InferenceStats()
 
     threshold = model.scan_threshold if threshold is None else threshold
     patch = is_patch_model(model.card)
     cell_px = STRIDE
     flags: dict = {}
+    sample = None
     with open_tile(tile_path, tile) as raster:
         c0, _, c1, _ = tile.quadrant_core_px(quadrant)
         rater = None
@@ -247,20 +264,28 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
                                                      max_block_mb=max_block_mb, method=method, stats=stats,
                                                      rater=rater)
             else:
+                sample = (StreamSample(tile, quadrant, model.bands, raster.nodata, quality.max_px)
+                          if quality is not None else None)
                 prob, kx, ky = quadrant_probabilities(raster, tile, quadrant, model, scale, block_cells,
                                                       max_block_mb=max_block_mb, method=method, stats=stats,
-                                                      rater=rater)
+                                                      rater=rater, sample=sample)
+            clock.add_fcn(stats, rater.rate_s if rater else 0.0)
             n_valid = int(np.isfinite(prob).sum())
             if n_valid == 0 and not (pyramid is not None and pyramid.info.get("cells_skipped")):
                 msg = f"{tile_path}: quadrant {quadrant} of tile {tile.name} has no valid pixels (all nodata)"
                 if on_empty == "error":
                     raise NoDataError(msg + "; set detect.on_empty_quadrant: warn to accept it")
                 log.warning(msg)
-            if quality is not None and n_valid:
-                flags = check_quadrant(raster, tile, quadrant, scale, quality)
-            cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold, cell_px)
+            with clock.phase("checks"):
+                if quality is not None and n_valid:
+                    flags = check_quadrant(raster, tile, quadrant, scale, quality,
+                                           sample.values() if sample is not None else None)
+            with clock.phase("candidates"):
+                cands = candidates_table(prob, kx, ky, tile, quadrant, region_lonlat, threshold, cell_px)
+            clock.add("impact", rater.rate_s if rater else 0.0)
             if impact is not None:
-                cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
+                with clock.phase("impact"):
+                    cands = with_ratings(cands, _ratings(raster, impact, cands, scale, impact_batch_size, rater))
                 cands[RATED_BY] = impact.version
     meta = {"TILE": tile.name, "QUADRANT": quadrant, "MODEL": model.card.get("name", ""),
             "MODEL_VERSION": model.version, "THRESHOLD": threshold, **flags, **(tags or {})}
@@ -268,9 +293,10 @@ def run_detect(tile_path, tile: Tile, quadrant: str, model: LoadedModel, region_
         meta["CELL_PX"] = cell_px
     if pyramid is not None and not pyramid.keeps_everything:
         meta["PYRAMID_SKIPPED_CELLS"] = pyramid.info.get("cells_skipped", 0)
-    write_probability_raster(prob_out, prob, kx, ky, tile, meta, cell_px)
-    with atomic_output(candidates_out) as tmp:
-        cands.to_csv(tmp, index=False)
+    with clock.phase("write"):
+        write_probability_raster(prob_out, prob, kx, ky, tile, meta, cell_px)
+        with atomic_output(candidates_out) as tmp:
+            cands.to_csv(tmp, index=False)
     log.info("%s %s: %d cells, %d valid, %d candidates >= %.2f%s", tile.name, quadrant, prob.size, n_valid,
              len(cands), threshold, " (rated)" if impact is not None else "")
     return {"cells": int(prob.size), "valid_cells": n_valid, "candidates": len(cands)}

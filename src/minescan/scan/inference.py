@@ -483,6 +483,7 @@ class _Source(_Level):
         self._ready_from: int | None = None
         self.keep_raw, self.keep_from = keep_raw, 0
         self._raw: list[tuple[int, np.ndarray]] = []  # (first row, tile values) of rows read
+        self.served = 0  # span rows handed to the first stage so far
 
     def close(self) -> None:
         if self._pool is not None:
@@ -525,6 +526,7 @@ class _Source(_Level):
         rest = rows[b - a :]
         self._pieces = [rest] if len(rest) else []
         self._ready_from = b
+        self.served = b
         return rows[: b - a]
 
     def raw_rows(self, a: int, b: int) -> np.ndarray:
@@ -562,6 +564,20 @@ class InferenceStats:
     compute_s: float = 0.0  # network time
     wall_s: float = 0.0
     fallback: str = ""  # why a faster method could not run (e.g. a patch model not fully convolutional)
+    build_s: float = 0.0  # building the stage models (0 when cached from an earlier quadrant of the process)
+    strip_compute_s: list = field(default_factory=list)  # network time of each strip (stream)
+    strip_rows: list = field(default_factory=list)  # input rows each strip consumed (stream)
+
+    @property
+    def first_call_s(self) -> float:
+        """One-time cost of the first strip (TensorFlow's first call of each stage: tracing, graph and oneDNN
+        set-up): its network time minus what its input rows take at the median rate of the later strips
+        (0 with fewer than 3 strips)."""
+        t, r = self.strip_compute_s, self.strip_rows
+        if len(t) < 3 or len(r) != len(t) or not all(r):
+            return 0.0
+        per_row = float(np.median([a / b for a, b in zip(t[1:], r[1:], strict=True)]))
+        return max(0.0, t[0] - per_row * r[0])
 
 
 def _output_size(h: int, w: int, kernel, strides, padding: str) -> tuple[int, int]:
@@ -638,7 +654,9 @@ def predict_cells(network, geometry: FcnGeometry, read: RawReader, norm: Normali
         return np.full((len(ky), len(kx)), np.nan, dtype=np.float32)
     net = None
     if method in ("auto", "stream"):
+        t = time.perf_counter()
         net = stream_net(network, norm.gain)
+        stats.build_s = time.perf_counter() - t
         if net is None and method == "stream":
             raise ValueError(f"network {network.name} cannot be streamed (not [Conv same -> Pool]+ -> valid layers)")
     if net is not None:
@@ -700,12 +718,17 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
         raise AssertionError(f"stream yields {tail.height} rows for {ny} cells")
     out = np.empty((ny, nx), dtype=np.float32)
     starts = list(range(1, ny + 1, n))
+    served = 0  # span rows the first stage had consumed before this strip
     try:
         for i, a in enumerate(starts):
             b = min(a + n, ny + 1)
             # span row of the centre of output row j is f0 + 27 (j - 1) + 13
             source.keep_from = max(0, STRIDE * a + geometry.offset + STRIDE // 2 - keep_px)
+            before = clock["compute_s"]
             rows = tail.rows(a, b)[:, 1 : 1 + nx, 1]
+            stats.strip_compute_s.append(clock["compute_s"] - before)
+            stats.strip_rows.append(source.served - served)
+            served = source.served
             # the valid-pixel counts of these cells are final: their footprints have been read
             frac = counts[a - 1 : b - 1] / np.float32(STRIDE * STRIDE)
             out[a - 1 : b - 1] = np.where(frac >= MIN_VALID_FRACTION, rows, np.float32(np.nan))

@@ -73,13 +73,66 @@ def _sample(raster, tile, quadrant: str, names: tuple[str, ...], max_px: int) ->
     return data[np.all(data != raster.nodata, axis=1)]
 
 
-def check_quadrant(raster, tile, quadrant: str, scale: float, settings: QualityCheck) -> dict:
-    """Run both tests on one quadrant; return tags for its probability raster (empty when nothing to say)."""
+NAMES = tuple(dict.fromkeys(CLOUD_BANDS + ORDER_BANDS))  # the bands both tests read
+
+
+def _picks(start: int, size: int, f: int) -> np.ndarray:
+    """Pixels GDAL's nearest-neighbour decimation of ``size`` px to ``max(1, size // f)`` takes: the one under
+    each output pixel's centre."""
+    n = max(1, size // f)
+    return start + np.floor((np.arange(n) + 0.5) * (size / n)).astype(np.int64)
+
+
+class StreamSample:
+    """The pixels :func:`_sample` would read, collected from the rows the detect job reads anyway (the
+    quadrant's input span, strip by strip), so the checks cost no second read and decode of the quadrant.
+
+    ``wrap(read)`` returns a reader that passes every read through and keeps the sampled pixels of reads
+    spanning the core's width; ``values()`` returns them as ``_sample`` does, or None if some sampled row
+    was never read that way (then the checks read the tile as before)."""
+
+    def __init__(self, tile, quadrant: str, band_names: list[str], nodata: float, max_px: int = 1024):
+        self.pos = [band_names.index(n) for n in NAMES] if all(n in band_names for n in NAMES) else None
+        c0, r0, c1, r1 = tile.quadrant_core_px(quadrant)
+        f = max(1, -(-max(c1 - c0, r1 - r0) // max_px))
+        self.rows, self.cols = _picks(r0, r1 - r0, f), _picks(c0, c1 - c0, f)
+        self.nodata = nodata
+        self._got: dict[int, np.ndarray] = {}  # sampled row -> its sampled pixels (len(cols), len(NAMES))
+
+    def wrap(self, read):
+        if self.pos is None:
+            return read
+
+        def tapped(c0: int, r0: int, c1: int, r1: int) -> np.ndarray:
+            raw = read(c0, r0, c1, r1)
+            if c0 <= self.cols[0] and self.cols[-1] < c1:
+                lo, hi = np.searchsorted(self.rows, [r0, r1])
+                for r in self.rows[lo:hi].tolist():
+                    if r not in self._got:
+                        self._got[r] = raw[r - r0, self.cols - c0][:, self.pos]
+            return raw
+
+        return tapped
+
+    def values(self) -> np.ndarray | None:
+        if self.pos is None or len(self._got) != len(self.rows):
+            return None
+        data = np.concatenate([self._got[r] for r in self.rows.tolist()])
+        return data[np.all(data != self.nodata, axis=1)]
+
+
+def check_quadrant(raster, tile, quadrant: str, scale: float, settings: QualityCheck,
+                   sample: np.ndarray | None = None) -> dict:
+    """Run both tests on one quadrant; return tags for its probability raster (empty when nothing to say).
+    ``sample``: the pixels of ``NAMES`` already read (:class:`StreamSample`), else they are read here."""
     tags: dict = {}
     where = f"{raster.path}: quadrant {quadrant} of tile {tile.name}"
-    names = tuple(dict.fromkeys(CLOUD_BANDS + ORDER_BANDS))
+    names = NAMES
     wanted = settings.cloud_action != "off" or settings.band_order
-    sample = _sample(raster, tile, quadrant, names, settings.max_px) if wanted else None
+    if sample is None and wanted:
+        sample = _sample(raster, tile, quadrant, names, settings.max_px)
+    elif not wanted:
+        sample = None
     if wanted and sample is None:
         log.debug("%s: no band %s; cloud and band-order checks skipped", where, "/".join(names))
     if sample is None or len(sample) == 0:

@@ -1,8 +1,8 @@
 """Tile GeoTIFFs: making them from local imagery (any CRS) and reading windows of them.
 
-A tile file is a tiled, DEFLATE-compressed uint16 GeoTIFF in the tile's UTM CRS, covering core + halo on
-the grid of :mod:`minescan.grid`, with the band names as band descriptions (the models select bands by
-name). It is written to a temporary name and renamed when complete, so a crash never leaves a partial
+A tile file is a tiled, ZSTD-compressed (level 1, horizontal predictor) uint16 GeoTIFF in the tile's UTM
+CRS, covering core + halo on the grid of :mod:`minescan.grid`, with the band names as band descriptions (the
+models select bands by name); tiles written as DEFLATE by earlier versions are read the same. It is written to a temporary name and renamed when complete, so a crash never leaves a partial
 tile that a rerun would take as done.
 """
 
@@ -25,8 +25,10 @@ from minescan.io_utils import atomic_output
 
 log = logging.getLogger(__name__)
 
+# ZSTD level 1 + predictor: decodes in about half the CPU time of DEFLATE + predictor at the same size
+# (benchmarks/bench_floor.py; docs/readme-issue19.md): a detect job decodes its whole quadrant span once.
 TILE_PROFILE = {"driver": "GTiff", "dtype": "uint16", "tiled": True, "blockxsize": 512, "blockysize": 512,
-                "compress": "deflate", "predictor": 2, "interleave": "pixel", "bigtiff": "if_safer"}
+                "compress": "zstd", "zstd_level": 1, "predictor": 2, "interleave": "pixel", "bigtiff": "if_safer"}
 
 
 def expand_sources(paths: list[str], period: str | None = None) -> list[Path]:

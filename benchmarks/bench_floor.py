@@ -1,0 +1,452 @@
+"""A quadrant job against the real floor: the FCN's warm forward pass, and where the rest of the job's time goes.
+
+    .venv/bin/python benchmarks/bench_floor.py [--quick] [--json out.json] [--keep DIR] [--skip-compression]
+
+Same synthetic tile and randomly initialised published models as ``bench_quadrant.py`` (9216 px core + 160
+px halo, 12-band uint16; ``--quick``: 2304 px, a ~3 min check). Each measurement runs in its own child
+process (wall time, peak RSS from ``wait4``); the 1-minute load average is printed with every figure:
+
+1. **floor**: the FCN on quadrant NW's whole input span, in memory (normalised), as a ``tf.function`` with a
+   shape-free signature: the first call (tracing, graph and oneDNN set-up) printed separately, then the best
+   of 3 warm calls; in float32 and, where the CPU has bfloat16 units (``avx512_bf16``/``amx_bf16``),
+   mixed bfloat16. The streamed network (``predict_cells``, what the job runs) on the same array in
+   memory, second run (warm), in both precisions;
+2. **the quadrant job**: ``minescan detect`` (FCN + impact CNN) + ``minescan classify`` as processes, one
+   quadrant per process; the breakdown of the detect process from its ``job timing`` log line (start-up,
+   imports, TensorFlow import, model load, stream build, first call, network, read + decode in the
+   read-ahead thread, impact, checks, write, process exit); ratios job / warm floor for the work (the
+   quadrant's own phases) and for the whole processes;
+3. **tile per process** (``detect.quadrants_per_job: tile``): the tile's 4 quadrants in one detect process
+   against 4 detect processes; the probability rasters must be byte-identical (else exit 1);
+4. **bfloat16 job** (``--precision bfloat16``): largest probability difference to the float32 job and the
+   candidates compared;
+5. **tile compression**: the tile copied as DEFLATE + predictor 2 (GDAL default level), ZSTD + predictor 2
+   (level 1), LZW + predictor 2 and uncompressed; size, and the time to read and decode quadrant NW's span
+   in full-width strips as the job does, with 1 and 2 GDAL decode threads.
+
+The job's probabilities must equal the float32 floor to 1e-5 with the same NaN cells (else exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_quadrant as bq  # noqa: E402
+import numpy as np  # noqa: E402
+
+QUADRANTS = ("NW", "NE", "SW", "SE")
+COMPRESSIONS = {  # name -> creation options (GDAL GTiff)
+    "DEFLATE+pred2": {"COMPRESS": "DEFLATE", "PREDICTOR": "2"},
+    "ZSTD+pred2 level 1": {"COMPRESS": "ZSTD", "PREDICTOR": "2", "ZSTD_LEVEL": "1"},
+    "LZW+pred2": {"COMPRESS": "LZW", "PREDICTOR": "2"},
+    "none": {"COMPRESS": "NONE"},
+}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def child(task: str, *args: str) -> dict:
+    r = bq.run([sys.executable, __file__, "--child", task, *args], task)
+    r.update(json.loads(r["stdout"].strip().splitlines()[-1]))
+    return r
+
+
+# ------------------------------------------------------------------------------------------ child tasks
+def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy: str) -> dict:
+    """Warm whole-span forward pass (first call separately) and the warm streamed network, from memory."""
+    from minescan.models.networks import STRIDE
+    from minescan.models.store import load_model
+    from minescan.scan.detect import open_tile
+    from minescan.scan.inference import (
+        MIN_VALID_FRACTION,
+        InferenceStats,
+        Normalisation,
+        compute_precision,
+        fcn_flops,
+        import_keras_lean,
+        predict_cells,
+    )
+
+    import_keras_lean()
+    import keras
+    import tensorflow as tf
+
+    from minescan.models.networks import build_discovery_fcn
+
+    tile = bq._tile(int(tile_px))
+    g, kx, ky, (c0, r0, c1, r1) = bq._span(tile, "NW")
+    model = load_model(fcn)
+    with open_tile(tile_path, tile) as raster:
+        raw = raster.read_px(c0, r0, c1, r1, list(range(12)))
+    res: dict = {}
+    # the streamed network on the in-memory array (no decoding), twice: the second run is warm
+    norm = Normalisation(bq.SCALE, tuple(bq.MEAN), tuple(bq.STD))
+
+    held = [raw]
+
+    def read(a0, b0, a1, b1):
+        return held[0][b0 - r0 : b1 - r0, a0 - c0 : a1 - c0]
+
+    with compute_precision(precision):
+        for i in range(2):
+            st = InferenceStats()
+            t = time.perf_counter()
+            stream = predict_cells(model.network, g, read, norm, kx, ky, stats=st)
+            res[f"stream{i}_s"] = time.perf_counter() - t
+            res[f"stream{i}_network_s"] = st.compute_s
+    res["stream_first_call_s"] = res["stream0_network_s"] - res["stream1_network_s"]
+    held.clear()
+    # the whole span in one forward pass
+    valid = np.all(raw != 0, axis=-1)
+    image = model.normalise(raw.astype(np.float32) * np.float32(bq.SCALE), valid)
+    del raw
+    network = model.network
+    if precision != "float32":
+        keras.mixed_precision.set_dtype_policy(f"mixed_{precision}")
+        network = build_discovery_fcn(12, model.window)
+        network.set_weights(model.network.get_weights())
+    spec = tf.TensorSpec((None, None, None, 12), tf.float32)
+    fn = tf.function(lambda x: tf.cast(network(x, training=False), tf.float32), input_signature=[spec])
+    x = tf.convert_to_tensor(image[None])
+    del image
+    t = time.perf_counter()
+    out = fn(x).numpy()
+    res["first_s"] = time.perf_counter() - t
+    warm = []
+    for _ in range(3):
+        t = time.perf_counter()
+        out = fn(x).numpy()
+        warm.append(time.perf_counter() - t)
+    res.update(warm_s=min(warm), warm_all=warm, flops=fcn_flops(model.network, x.shape[1], x.shape[2]),
+               span_px=[int(x.shape[2]), int(x.shape[1])])
+    prob = out[0, 1 : 1 + len(ky), 1 : 1 + len(kx), 1]
+    f0 = STRIDE + g.offset
+    frac = valid[f0 : f0 + STRIDE * len(ky), f0 : f0 + STRIDE * len(kx)].reshape(
+        len(ky), STRIDE, len(kx), STRIDE).mean(axis=(1, 3))
+    prob = np.where(frac >= MIN_VALID_FRACTION, prob, np.nan).astype(np.float32)
+    np.save(out_npy, prob)
+    res["stream_vs_whole_max_diff"] = float(np.nanmax(np.abs(stream - prob)))
+    return res
+
+
+def child_decode(tile_path: str, tile_px: str, threads: str) -> dict:
+    """Read + decode quadrant NW's input span in full-width strips, as the detect job does (uint16, 12 bands)."""
+    import rasterio
+
+    from minescan.scan.detect import gdal_cache_bytes
+    from minescan.sources.local import TileRaster
+
+    tile = bq._tile(int(tile_px))
+    _, _, _, (c0, r0, c1, r1) = bq._span(tile, "NW")
+    best = 1e9
+    for _ in range(2):
+        with rasterio.Env(GDAL_NUM_THREADS=threads):
+            raster = TileRaster(tile_path, tile)
+        with raster, rasterio.Env(GDAL_CACHEMAX=gdal_cache_bytes(raster, c1 - c0)):
+            t = time.perf_counter()
+            for a in range(r0, r1, 27 * 8):
+                raster.read_px(c0, a, c1, min(a + 27 * 8, r1), list(range(12)))
+            best = min(best, time.perf_counter() - t)
+    return {"decode_s": best, "mpx": (c1 - c0) * (r1 - r0) / 1e6}
+
+
+def child_models(d: str) -> dict:
+    bq.save_models(Path(d))
+    return {}
+
+
+CHILDREN = {"models": child_models, "floor": child_floor, "decode": child_decode, "matmul": bq.child_matmul}
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def timing_of(stderr: str) -> dict:
+    m = re.search(r"job timing (\{.*\})", stderr)
+    if not m:
+        raise SystemExit(f"no 'job timing' line in the detect log:\n{stderr[-3000:]}")
+    return json.loads(m.group(1))
+
+
+def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, threshold: float, *extra: str) -> dict:
+    """One detect process over ``quadrants`` (with the impact CNN), then one classify process per quadrant."""
+    outs = [work / f"{tag}_{q}" for q in quadrants]
+    for o in outs:
+        o.mkdir(parents=True, exist_ok=True)
+    d = work
+    det = bq.run([*bq.minescan_cmd(), "detect", "--tile", bq.tile_id(tile_px), "--quadrant", *quadrants,
+                  "--tile-path", str(tile_path), "--model", str(d / "models" / "fcn"), "--impact-model",
+                  str(d / "models" / "impact"), "--region", str(d / "region.geojson"), "--scale", str(bq.SCALE),
+                  "--threshold", repr(threshold), *extra, "--prob-out", *[str(o / "probability.tif") for o in outs],
+                  "--candidates-out", *[str(o / "candidates.csv") for o in outs], *bq.grid_args(tile_px)],
+                 f"detect {tag}")
+    cls = [bq.run([*bq.minescan_cmd(), "classify", "--tile", bq.tile_id(tile_px), "--tile-path", str(tile_path),
+                   "--model", str(d / "models" / "impact"), "--candidates", str(o / "candidates.csv"), "--scale",
+                   str(bq.SCALE), "--out", str(o / "classified.csv"), *bq.grid_args(tile_px)], f"classify {tag}")
+           for o in outs]
+    tm = timing_of(det["stderr"])
+    # peak RSS from the job itself (VmHWM): wait4's figure also counts this process's memory at the fork
+    return {"outs": outs, "detect_s": det["wall_s"], "detect_rss_mb": tm.get("peak_rss_mb", det["rss_mb"]), "timing": tm,
+            "exit_s": det["wall_s"] - tm["total"], "classify_s": sum(c["wall_s"] for c in cls),
+            "classify_rss_mb": max(c["rss_mb"] for c in cls), "wall_s": det["wall_s"] + sum(c["wall_s"] for c in cls),
+            "load": os.getloadavg()[0]}
+
+
+def read_grid(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def candidates(path: Path) -> set:
+    import pandas as pd
+
+    t = pd.read_csv(path)
+    return set(zip(t["cell_x"], t["cell_y"], strict=True))
+
+
+# ------------------------------------------------------------------------------------------ main
+def main() -> None:  # noqa: PLR0915 - one script, one flow
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2304 px tile (1152 px quadrants): a ~3 min check")
+    ap.add_argument("--candidate-fraction", type=float, default=0.01, help="share of cells made candidates")
+    ap.add_argument("--json", default=None, help="also write the figures as JSON here")
+    ap.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
+    ap.add_argument("--skip-compression", action="store_true", help="leave out the tile compression comparison")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](*args.rest)))
+        return
+
+    tile_px = 2304 if args.quick else 9216
+    q_px = tile_px // 2
+    km2_q = (q_px * 10 / 1000) ** 2
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="minescan-floor-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()
+    bf16 = cpu_has_bf16()
+    print(f"machine: {bq.cpu_name()}, {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB; bfloat16 units "
+          f"(avx512_bf16/amx_bf16): {'yes' if bf16 else 'no'}; load average at start {load0[0]:.2f} "
+          f"{load0[1]:.2f} {load0[2]:.2f}; work dir {work}", flush=True)
+    tile_path = work / f"{bq.tile_id(tile_px)}.tif"
+    if not tile_path.exists():
+        bq.say(f"writing the synthetic {tile_px + 2 * bq.HALO} px tile ...")
+        bq.write_tile(tile_path, tile_px)
+    if not (work / "models" / "fcn" / "card.json").exists():  # in a child: this process stays small
+        child("models", str(work / "models"))
+    bq.write_region(work / "region.geojson", tile_px)
+    from minescan.sources.local import TILE_PROFILE
+
+    print(f"tile {tile_path.stat().st_size / 2**30:.2f} GB ({TILE_PROFILE['compress']}, as make-tile writes it); "
+          f"quadrant {q_px} px = {km2_q:.0f} km2", flush=True)
+    res: dict = {"quick": args.quick, "quadrant_px": q_px, "quadrant_km2": km2_q, "load_start": load0,
+                 "bf16_cpu": bf16}
+    rows: list[tuple[str, str, float]] = []  # (figure, value, load when measured)
+
+    def note(name: str, value: str) -> None:
+        rows.append((name, value, os.getloadavg()[0]))
+        print(f"  [{time.strftime('%H:%M:%S')}] load {rows[-1][2]:5.2f}  {name}: {value}", flush=True)
+
+    bq.say("matmul ceiling ...")
+    res["matmul_gflops"] = child("matmul")["gflops"]
+    note("dense float32 matmul ceiling", f"{res['matmul_gflops']:.0f} GFLOP/s")
+
+    floors = {}
+    for prec in ("float32", "bfloat16") if bf16 else ("float32",):
+        bq.say(f"floor, {prec} ...")
+        f = child("floor", str(tile_path), str(tile_px), str(work / "models" / "fcn"), prec,
+                  str(work / f"floor_{prec}.npy"))
+        floors[prec] = f
+        note(f"floor {prec}: whole span, first call", f"{f['first_s']:.2f} s")
+        note(f"floor {prec}: whole span, warm (best of 3)",
+             f"{f['warm_s']:.2f} s = {f['flops'] / f['warm_s'] / 1e9:.0f} GFLOP/s (all: "
+             + ", ".join(f"{v:.2f}" for v in f["warm_all"]) + f"); first-call overhead {f['first_s'] - f['warm_s']:.2f} s"
+             f"; peak RSS {f['rss_mb']:.0f} MB")
+        note(f"floor {prec}: streamed network from memory, warm",
+             f"network {f['stream1_network_s']:.2f} s, wall {f['stream1_s']:.2f} s (first run: network "
+             f"{f['stream0_network_s']:.2f} s, wall {f['stream0_s']:.2f} s)")
+    floor = floors["float32"]["warm_s"]
+    flops = floors["float32"]["flops"]
+    res["floors"] = floors
+    grid32 = np.load(work / "floor_float32.npy")
+    if "bfloat16" in floors:
+        res["bf16_floor_max_diff"] = float(np.nanmax(np.abs(np.load(work / "floor_bfloat16.npy") - grid32)))
+    threshold = float(np.nanquantile(grid32, 1 - args.candidate_fraction))
+
+    # the quadrant job, one quadrant per process
+    bq.say("quadrant job (detect + classify), one quadrant per process ...")
+    job = detect(work, tile_path, tile_px, ["NW"], "q", threshold)
+    tm = job["timing"]
+    setup_keys = ("startup", "imports", "tensorflow_import", "device", "models")
+    setup = sum(tm.get(k, 0.0) for k in setup_keys)
+    work_s = tm["total"] - setup
+    note("quadrant job: detect process", f"{job['detect_s']:.2f} s (peak RSS {job['detect_rss_mb']:.0f} MB), "
+         f"classify process {job['classify_s']:.2f} s (peak RSS {job['classify_rss_mb']:.0f} MB)")
+    grid = read_grid(job["outs"][0] / "probability.tif")
+    diff = float(np.nanmax(np.abs(grid - grid32)))
+    same_nan = bool(np.array_equal(np.isnan(grid), np.isnan(grid32)))
+    res["job"] = {k: v for k, v in job.items() if k != "outs"}
+    res["job"].update(work_s=work_s, setup_s=setup, max_diff_vs_floor=diff, nan_equal=same_nan)
+
+    # tile per process vs quadrant per process
+    bq.say("4 quadrants: one detect process each vs one for the tile ...")
+    per_q = [job] + [detect(work, tile_path, tile_px, [q], "q", threshold) for q in QUADRANTS[1:]]
+    tile_job = detect(work, tile_path, tile_px, list(QUADRANTS), "t", threshold)
+    four_s = sum(j["wall_s"] for j in per_q)
+    identical = all((work / f"q_{q}" / "probability.tif").read_bytes() == (work / f"t_{q}" / "probability.tif").read_bytes()
+                    and (work / f"q_{q}" / "classified.csv").read_bytes() == (work / f"t_{q}" / "classified.csv").read_bytes()
+                    for q in QUADRANTS)
+    note("4 quadrants as 4 detect (+4 classify) processes", f"{four_s:.2f} s = {four_s / 4:.2f} s per quadrant")
+    note("4 quadrants in 1 detect (+4 classify) processes",
+         f"{tile_job['wall_s']:.2f} s = {tile_job['wall_s'] / 4:.2f} s per quadrant (detect {tile_job['detect_s']:.2f} s,"
+         f" peak RSS {tile_job['detect_rss_mb']:.0f} MB); outputs byte-identical: {identical}")
+    res["tile_mode"] = {"four_processes_s": four_s, "one_process_s": tile_job["wall_s"], "identical": identical,
+                        "timing": tile_job["timing"], "detect_rss_mb": tile_job["detect_rss_mb"],
+                        "exit_s": tile_job["exit_s"]}
+
+    # bfloat16 job
+    if bf16:
+        bq.say("quadrant job in bfloat16 ...")
+        jb = detect(work, tile_path, tile_px, ["NW"], "bf16", threshold, "--precision", "bfloat16")
+        gb = read_grid(jb["outs"][0] / "probability.tif")
+        c32, cb = candidates(job["outs"][0] / "candidates.csv"), candidates(jb["outs"][0] / "candidates.csv")
+        res["bf16_job"] = {"detect_s": jb["detect_s"], "timing": jb["timing"],
+                           "max_diff": float(np.nanmax(np.abs(gb - grid))), "candidates_f32": len(c32),
+                           "candidates_bf16": len(cb), "common": len(c32 & cb)}
+        b = res["bf16_job"]
+        note("bfloat16 job vs float32 job", f"network {jb['timing']['network']:.2f} s vs {tm['network']:.2f} s; "
+             f"detect process {jb['detect_s']:.2f} s; max |prob diff| {b['max_diff']:.4f}; candidates "
+             f"{b['candidates_bf16']} vs {b['candidates_f32']}, {b['common']} in common")
+
+    # tile compression
+    if not args.skip_compression:
+        import rasterio
+        import rasterio.shutil
+
+        res["compression"] = {}
+        for name, opts in COMPRESSIONS.items():
+            p = work / f"comp_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.tif"
+            if not p.exists():
+                with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+                    rasterio.shutil.copy(tile_path, p, driver="GTiff", TILED="YES", BLOCKXSIZE="512",
+                                         BLOCKYSIZE="512", INTERLEAVE="PIXEL", BIGTIFF="IF_SAFER",
+                                         NUM_THREADS="ALL_CPUS", **opts)
+            r = {"size_mb": p.stat().st_size / 2**20}
+            for th in ("1", "2"):
+                d = child("decode", str(p), str(tile_px), th)
+                r[f"decode_{th}t_s"] = d["decode_s"]
+                r["mpx"] = d["mpx"]
+            res["compression"][name] = r
+            note(f"tile {name}", f"{r['size_mb']:.0f} MB; read + decode of quadrant NW's span "
+                 f"({r['mpx']:.1f} Mpx x 12 bands): {r['decode_1t_s']:.2f} s with 1 thread, "
+                 f"{r['decode_2t_s']:.2f} s with 2")
+
+    res["load_end"] = os.getloadavg()
+    res["bench_s"] = time.perf_counter() - t_start
+    res["rows"] = rows
+    report(res, floor, flops, work_s, tm, job)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    from minescan.scan.device import PRECISION_TOLERANCE
+
+    bf16_diff = max(res.get("bf16_floor_max_diff", 0.0), res.get("bf16_job", {}).get("max_diff", 0.0))
+    if not (diff <= 1e-5 and same_nan and identical and bf16_diff <= PRECISION_TOLERANCE["bfloat16"]):
+        raise SystemExit(f"FAIL: job vs floor max |diff| {diff:.2e}, NaN equal {same_nan}; tile mode identical "
+                         f"{identical}; bfloat16 max |diff| {bf16_diff:.4f} (tolerance "
+                         f"{PRECISION_TOLERANCE['bfloat16']})")
+
+
+def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: dict) -> None:
+    km2 = res["quadrant_km2"]
+    f32 = res["floors"]["float32"]
+    print(f"\n=== quadrant {res['quadrant_px']} px ({km2:.0f} km2), input span {f32['span_px'][0]} x "
+          f"{f32['span_px'][1]} px, FCN {flops / 1e9:.1f} GFLOP; matmul ceiling {res['matmul_gflops']:.0f} GFLOP/s")
+    print("| what | seconds | x warm fp32 floor | GFLOP/s |")
+    print("| --- | ---: | ---: | ---: |")
+
+    def line(name, s):
+        print(f"| {name} | {s:.2f} | {s / floor:.2f} | {flops / s / 1e9:.0f} |")
+
+    line("floor fp32: whole span, warm (best of 3)", floor)
+    line("floor fp32: whole span, first call", f32["first_s"])
+    line("streamed network fp32 from memory, warm (network time)", f32["stream1_network_s"])
+    if "bfloat16" in res["floors"]:
+        b = res["floors"]["bfloat16"]
+        line("floor bf16: whole span, warm (best of 3)", b["warm_s"])
+        line("floor bf16: whole span, first call", b["first_s"])
+        line("streamed network bf16 from memory, warm (network time)", b["stream1_network_s"])
+    line("quadrant job: work (the quadrant's phases of detect)", work_s)
+    line("quadrant job: detect process", job["detect_s"])
+    line("quadrant job: detect + classify processes", job["wall_s"])
+    t = res["tile_mode"]
+    line("tile per process: per quadrant (1 detect + 4 classify processes / 4)", t["one_process_s"] / 4)
+    line("quadrant per process: per quadrant (4 detect + 4 classify / 4)", t["four_processes_s"] / 4)
+    print(f"\nbreakdown of the detect process ({job['detect_s']:.2f} s wall, one quadrant; "
+          f"tile mode: {res['tile_mode']['timing']['total'] + res['tile_mode']['exit_s']:.2f} s for 4):")
+    tt = res["tile_mode"]["timing"]
+    keys = ("startup", "imports", "tensorflow_import", "device", "models", "stream_build", "first_call", "network",
+            "fcn_other", "impact", "checks", "candidates", "write", "other")
+    names = {"startup": "interpreter + CLI imports", "imports": "scan-module imports", "tensorflow_import":
+             "TensorFlow + Keras import", "device": "device set-up", "models": "model load + region",
+             "stream_build": "stream stage build", "first_call": "first call (trace, set-up)", "network":
+             "network (warm)", "fcn_other": "waiting for reads, assembling strips", "impact": "impact CNN",
+             "checks": "cloud / band checks", "candidates": "candidates table", "write": "write outputs",
+             "other": "other"}
+    print("| phase | 1 quadrant (s) | tile: 4 quadrants (s) |")
+    print("| --- | ---: | ---: |")
+    for k in keys:
+        print(f"| {names[k]} | {tm.get(k, 0.0):.2f} | {tt.get(k, 0.0):.2f} |")
+    print(f"| process exit (TensorFlow teardown) | {job['exit_s']:.2f} | {res['tile_mode']['exit_s']:.2f} |")
+    print(f"| (read + decode, in the read-ahead thread, overlapping) | ({tm['read_in_thread']:.2f}) | "
+          f"({tt['read_in_thread']:.2f}) |")
+    print(f"| classify processes (ratings copied, no TensorFlow) | {job['classify_s']:.2f} | "
+          f"{res['tile_mode']['one_process_s'] - res['tile_mode']['timing']['total'] - res['tile_mode']['exit_s']:.2f} |")
+    j = res["job"]
+    print(f"\njob probabilities vs fp32 floor: max |diff| {j['max_diff_vs_floor']:.2e}, NaN cells equal "
+          f"{j['nan_equal']}; stream vs whole pass in the floor child: {f32['stream_vs_whole_max_diff']:.2e}")
+    if "bf16_floor_max_diff" in res:
+        b = res["bf16_job"]
+        print(f"bfloat16 vs float32: floor max |prob diff| {res['bf16_floor_max_diff']:.4f}; job max |prob diff| "
+              f"{b['max_diff']:.4f}, candidates {b['candidates_bf16']} (bf16) vs {b['candidates_f32']} (fp32), "
+              f"{b['common']} in common")
+    ok = lambda c: "met" if c else "NOT met"  # noqa: E731
+    per_q_tile = t["one_process_s"] / 4
+    print(f"\ntargets: job process (detect + classify, 1 quadrant) <= 2.5 x floor: {j['wall_s'] / floor:.2f} x "
+          f"({ok(j['wall_s'] <= 2.5 * floor)}); tile per process <= 1.3 x per quadrant: {per_q_tile / floor:.2f} x "
+          f"({ok(per_q_tile <= 1.3 * floor)}); peak RSS <= 2.5 GB: "
+          f"{max(j['detect_rss_mb'], t['detect_rss_mb']) / 1024:.2f} GB "
+          f"({ok(max(j['detect_rss_mb'], t['detect_rss_mb']) <= 2560)})"
+          + (" [--quick: small quadrants, fixed costs dominate]" if res["quick"] else ""))
+    n_q = 4000
+    print(f"Brazil (~{n_q} quadrants of this size) on one such machine: {n_q * per_q_tile / 3600:.1f} h tile per "
+          f"process, {n_q * t['four_processes_s'] / 4 / 3600:.1f} h quadrant per process, "
+          f"{n_q * floor / 3600:.1f} h at the warm fp32 floor")
+    l0, l1 = res["load_start"], res["load_end"]
+    print(f"load average (1, 5, 15 min): start {l0[0]:.2f} {l0[1]:.2f} {l0[2]:.2f}, end {l1[0]:.2f} {l1[1]:.2f} "
+          f"{l1[2]:.2f}; benchmark took {res['bench_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
