@@ -46,7 +46,8 @@ def workflow(tmp_path_factory, bright_model_dir, impact_model_dir):
         layers={"registry": [{"file": "ref/concessions.gpkg", "label": "concessions", "id_column": "processo",
                               "name_column": "titular"}],
                 "overlays": [{"file": "ref/protected.geojson", "name_column": "name", "kind": "indigenous"}],
-                "match_distance_m": 100, "map_max_px": 256})
+                "match_distance_m": 100, "map_max_px": 256},
+        detect={"block_cells": 7, "quadrants_per_job": "tile"})  # one detect process for the tile: quicker
     run_snakemake(d)
     return d, squares
 

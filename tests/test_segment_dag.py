@@ -27,7 +27,8 @@ def test_dag_with_segmentation(tmp_path, bright_model_dir, impact_model_dir):
         "images": ["imagery/composite_2026Q1.tif"], "polygons": "disturbed.geojson", "tile_px": 128,
         "patch_px": 64, "batch_size": 4, "epochs": 6, "steps_per_epoch": 4, "learning_rate": 0.002,
         "window_px": 128, "overlap_px": 32}}
-    write_tiny_config(d, bright_model_dir, impact_model_dir, segment=segment)
+    write_tiny_config(d, bright_model_dir, impact_model_dir, segment=segment,
+                      detect={"block_cells": 7, "quadrants_per_job": "tile"})  # a detect process per tile: quicker
     r = run_snakemake(d)
     counts = job_counts(r.stdout + r.stderr)
     assert counts["train_segment"] == 1 and counts["segment"] == 8 and counts["segment_extents"] == 1
