@@ -32,6 +32,9 @@ from minescan.io_utils import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+# the site-level figures of a scan's evaluation (scan.merge.evaluate_sites) that the report carries
+SITE_KEYS = ("truth_mines", "found_mines", "recall", "detected_sites", "correct_sites", "precision")
+
 
 def _mines(truth, out: Path) -> Path:
     """The truth layer's mine polygons (class == 'mine') written to ``out``."""
@@ -106,18 +109,7 @@ def _site_scores(sites, truth_path, frame_lonlat) -> dict:
     sites = sites.to_crs(4326)
     sites = sites[sites.intersects(frame_lonlat)]  # the sites within the evaluated crop
     ev = evaluate_sites(sites, read_vector(truth_path, None, "demo truth"), frame_lonlat)
-    return {
-        k: ev[k]
-        for k in (
-            "truth_mines",
-            "found_mines",
-            "recall",
-            "detected_sites",
-            "correct_sites",
-            "precision",
-            "confusers_hit",
-        )
-    }
+    return {k: ev[k] for k in (*SITE_KEYS, "confusers_hit")}
 
 
 def _prob_sites(prob_tif, threshold: float, min_pixels: int):
@@ -251,17 +243,7 @@ def evaluate_demo(
                 ev = json.loads(Path(fcn_summary).read_text())["evaluation"]
             except (OSError, ValueError, KeyError) as exc:
                 raise InputDataError(f"{fcn_summary}: no scan summary with an 'evaluation' ({exc})") from exc
-            fcn["whole_region"] = {
-                k: ev.get(k)
-                for k in (
-                    "truth_mines",
-                    "found_mines",
-                    "recall",
-                    "detected_sites",
-                    "correct_sites",
-                    "precision",
-                )
-            }
+            fcn["whole_region"] = {k: ev.get(k) for k in SITE_KEYS}
         report["fcn"] = fcn
     # no timings in the report: the demo's outputs are compared byte for byte (scripts/demo_hashes.py)
     log.info("demo pixel evaluation in %.1f s", time.perf_counter() - t_start)
