@@ -39,12 +39,12 @@ from test_incremental import snapshot_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
-TILES = [grid_tile(93, 1440)]  # one tile: 6 sbatch jobs (tile, 4 quadrant groups, merge)
+TILES = [grid_tile(93, 1440)]  # one tile: 3 sbatch jobs (tile, the tile's detect + classify group, merge)
 OUTPUTS = ("detections.csv", "detections.kml", "rejected.csv", "sites.gpkg", "summary.json")
 SLURM_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
               "--seconds-between-status-checks", "2")
 TIME_LIMIT_S = 1500  # the whole SLURM run; killed (with its jobs cancelled) beyond that
-# the cluster this module starts when none runs (as `make test` does): 4 pretend GPUs, so the 4 quadrant jobs
+# the cluster this module starts when none runs (as `make test` does): 4 pretend GPUs, so the detect jobs
 # of the tile run side by side, and room for the GPU profile's memory requests (announced, not real)
 CLUSTER_ENV = {"MINESCAN_SLURM_FAKE_GPUS": "4", "MINESCAN_SLURM_MEM_MB": "64000"}
 
@@ -133,18 +133,19 @@ def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
     print(f"snakemake --profile profiles/slurm: exit {r.returncode} in {took:.0f} s")
     assert r.returncode == 0, f"SLURM run failed (exit {r.returncode}, {took:.0f} s):\n{log[-8000:]}"
 
-    # it really went through SLURM: one sbatch per tile, per quadrant (detect + classify grouped) and the
-    # merge, each COMPLETED in SLURM's own records; the quadrant jobs on the gpu partition with a GPU each,
+    # it really went through SLURM: one sbatch per tile, one per tile's detect group (the profile's default
+    # detect.quadrants_per_job: tile, so one detect_tile job and the four classify jobs grouped) and the
+    # merge, each COMPLETED in SLURM's own records; the detect groups on the gpu partition with a GPU each,
     # the others on the cpu partition without
     ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert len(ids) == len(TILES) + 4 * len(TILES) + 1, log[-4000:]
-    assert log.count("group_quadrant") >= 4 * len(TILES)
+    assert len(ids) == len(TILES) + len(TILES) + 1, log[-4000:]
+    assert log.count("group_quadrant_classify_detect_tile") >= len(TILES)
     jobs = subprocess.run(["timeout", "-s", "KILL", "20", "squeue", "-h", "-t", "all", "-j", ",".join(ids),
                            "-o", "%i|%T|%P|%b|%k"], capture_output=True, text=True).stdout.split()
     jobs = [j.split("|") for j in jobs]
     assert [j[1] for j in jobs] == ["COMPLETED"] * len(ids), jobs
     on_gpu = [j for j in jobs if j[2] == "gpu"]
-    assert len(on_gpu) == 4 * len(TILES) and all("gpu" in j[3] for j in on_gpu), jobs
+    assert len(on_gpu) == len(TILES) and all("gpu" in j[3] for j in on_gpu), jobs
     assert all(j[2] == "cpu" and "gpu" not in j[3] for j in jobs if j not in on_gpu), jobs
 
     out_local, out_slurm = (d / "results" / "tiny" / "2026Q1" for d in (local, on_slurm))
@@ -155,14 +156,14 @@ def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
     assert (on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "merge.log").exists()
     # every TensorFlow job says it got a GPU it cannot use (tensorflow-cpu, /dev/null) and ran on the CPU
     logs = on_slurm / "results" / "logs" / "tiny" / "2026Q1" / "detect"
-    for quadrant in ("NW", "NE", "SW", "SE"):
-        text = (logs / f"{TILES[0].name}_{quadrant}.log").read_text()
+    for tile in TILES:
+        text = (logs / f"{tile.name}.log").read_text()
         line = next(x for x in text.splitlines() if "device: " in x)
         assert re.search(r"device: CPU, \d+ threads; a GPU was assigned \(CUDA_VISIBLE_DEVICES=\d", line), \
             line
     summary = json.loads((out_slurm / "summary.json").read_text())
     assert summary["jobs_per_device"] == {"detect": {"CPU": 4 * len(TILES)}}
-    assert (on_slurm / "results" / "benchmarks" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}_NW.tsv").exists()
+    assert (on_slurm / "results" / "benchmarks" / "tiny" / "2026Q1" / "detect" / f"{TILES[0].name}.tsv").exists()
     # and the SLURM run is complete: nothing left to do
     again = run_snakemake(on_slurm, "-n", target, snakefile=snakefile,
                           profile_args=("--profile", str(profile), *SLURM_ARGS))
