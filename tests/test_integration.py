@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from conftest import grid_tile, mine_squares, run_snakemake, write_tiny_config, write_tiny_scene
 
 pytestmark = pytest.mark.slow
@@ -87,11 +88,16 @@ def test_keep_going_finishes_the_other_jobs(workflow, tmp_path):
         (scan / n).unlink()
     bad = scan / "tiles" / f"{tiles[0].name}.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 100)
+    # one detect process per tile (quicker; the per-quadrant jobs are covered above): the broken tile's job
+    # fails, the other tile's job and its classify jobs still run
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["detect"] = {**cfg.get("detect", {}), "quadrants_per_job": "tile"}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = run_snakemake(work, "--keep-going", check=False)
     assert r.returncode != 0
     for q in ("NW", "NE", "SW", "SE"):
         assert (scan / "quadrants" / f"{tiles[1].name}_{q}" / "classified.csv").exists()
         assert not (scan / "quadrants" / f"{tiles[0].name}_{q}" / "candidates.csv").exists()
-    log = (work / "results" / "logs" / "tiny" / "2026Q1" / "detect" / f"{tiles[0].name}_NW.log").read_text()
+    log = (work / "results" / "logs" / "tiny" / "2026Q1" / "detect" / f"{tiles[0].name}.log").read_text()
     assert f"minescan: error: results/tiny/2026Q1/tiles/{tiles[0].name}.tif" in log
     assert not (scan / "summary.json").exists()
