@@ -53,10 +53,12 @@ test: $(STAMP)
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "make test: could not install chromium (the map tests will skip)"; fi
 	@# as root (CI), a real single-node SLURM runs tests/test_slurm.py; elsewhere that test skips, saying why.
+	@# Two pytest-xdist workers, a test file per worker at a time (module fixtures stay in one process): the
+	@# DAG tests wait on their subprocesses much of the time, so two files share the 2 cores well.
 	@# Its node has 4 pretend GPUs (gres backed by /dev/null...), so the scan runs through the GPU profile
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh install && $(SLURM_TEST_ENV) bash scripts/slurm-local.sh start \
 	  || echo "make test: the local SLURM cluster did not start (tests/test_slurm.py will fail or skip)"; fi
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=10; rc=$$?; \
 	  if [ "$$(id -u)" = 0 ]; then bash scripts/slurm-local.sh stop || true; fi; exit $$rc
 
 bench: $(STAMP)
