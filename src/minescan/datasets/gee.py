@@ -12,7 +12,6 @@ as from tiles.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +19,6 @@ import pandas as pd
 
 from minescan.errors import InputDataError
 from minescan.grid import _transformer
-
-_ID_RE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def chip_size_px(cells, resolution_m: float, margin_px: int = 2) -> int:
@@ -33,12 +30,14 @@ def chip_size_px(cells, resolution_m: float, margin_px: int = 2) -> int:
 def cells_as_points(cells) -> pd.DataFrame:
     """The grid's cells as chip points (``read_chip_points`` format): id = cell name, lon/lat = centre of the
     cell's UTM square, class = 1 for positives, side_m = cell side."""
+    from minescan.sources.gee.chips import chip_id
+
     rows = []
     for c in cells.itertuples():
         epsg = int(c.epsg)
         x, y = (float(c.x_min) + float(c.x_max)) / 2, (float(c.y_min) + float(c.y_max)) / 2
         lon, lat = _transformer(epsg, 4326).transform(x, y)
-        rows.append({"id": _ID_RE.sub("_", str(c.name)), "lon": lon, "lat": lat,
+        rows.append({"id": chip_id(c.name), "lon": lon, "lat": lat,
                      "class": 1 if c.label == "positive" else 0,
                      "side_m": float(c.x_max) - float(c.x_min), "scheme": "centre"})
     points = pd.DataFrame(rows, columns=["id", "lon", "lat", "class", "side_m", "scheme"])

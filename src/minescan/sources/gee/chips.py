@@ -76,6 +76,12 @@ def _class_values(series: pd.Series, path) -> pd.Series:
     return out
 
 
+def chip_id(name: str) -> str:
+    """A point's id as its chip file name: runs of characters other than letters, digits, '_', '.' and '-'
+    become one '_'."""
+    return _ID_RE.sub("_", str(name).strip()) or "_"
+
+
 def read_chip_points(path) -> pd.DataFrame:
     """Points in either scheme -> DataFrame id, lon, lat (centre), class[, impact][, side_m], scheme."""
     path = Path(path)
@@ -143,7 +149,7 @@ def read_chip_points(path) -> pd.DataFrame:
                                  f"(use {', '.join(IMPACT_CLASSES)})")
         out["impact"] = impact
     if "id" in df.columns:
-        ids = df["id"].astype(str).map(lambda s: _ID_RE.sub("_", s.strip()) or "_")
+        ids = df["id"].astype(str).map(chip_id)
         dup = ids[ids.duplicated()].unique()
         if len(dup):
             raise InputDataError(f"{path}: column 'id' repeats {', '.join(dup[:5])}")
