@@ -49,6 +49,7 @@ rule detect:
                 else ""
             )
             + f"--inference {config['detect']['inference']} --precision {config['detect']['precision']}"
+            + f" --runtime {config['detect']['runtime']}"
             + (" --require-gpu" if config["detect"]["require_gpu"] else "")
             + f" --patch-inference {config['detect']['patch_inference']}"
             + (

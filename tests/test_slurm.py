@@ -104,7 +104,9 @@ def cluster():
 
 def make_scan(d: Path, models: Path) -> Path:
     write_tiny_scene(d, TILES, mine_squares(TILES))
-    write_tiny_config(d, models / "discovery", models / "impact")
+    # the SLURM jobs get a (pretend) GPU, so detect.runtime auto takes TensorFlow there; the local run must run
+    # the same runtime for the outputs to be equal byte for byte (ONNX Runtime agrees to float round-off)
+    write_tiny_config(d, models / "discovery", models / "impact", detect={"block_cells": 7, "runtime": "tensorflow"})
     return d
 
 

@@ -50,7 +50,8 @@ def cmd_detect(args) -> int:
     if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
         raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
                           f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
-    if read_card(args.model)["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
+    card = read_card(args.model)
+    if card["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
         from minescan.pixel.detect import cmd_detect_pixel
 
         return cmd_detect_pixel(args)
@@ -65,17 +66,37 @@ def cmd_detect(args) -> int:
     from minescan.vector_io import read_region
 
     clock.add("imports", clock.elapsed())  # minescan's scan modules: numpy, pandas, rasterio, shapely
-    with clock.phase("tensorflow_import"):
-        import_keras_lean()
-    with clock.phase("device"):
-        dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device line
+    runtime = device.detect_runtime(args.runtime, precision=args.precision, require_gpu=args.require_gpu,
+                                    pyramid=bool(args.pyramid), method=args.inference,
+                                    patch_model=isinstance(card.get("patch"), dict))
+    model = impact = None
+    if runtime == "onnxruntime":  # no TensorFlow in this process (minescan.models.onnx_net)
+        from minescan.models.onnx_net import Unsupported
+
+        with clock.phase("models"):
+            try:
+                model = load_model(args.model, expect_kind="discovery", runtime=runtime)
+                impact = load_model(args.impact_model, expect_kind="impact", runtime=runtime) if args.impact_model else None
+            except Unsupported as exc:
+                if args.runtime == "onnxruntime":
+                    raise ConfigError(f"detect.runtime onnxruntime: {exc}") from exc
+                log.info("running on TensorFlow: %s", exc)
+                runtime, model, impact = "tensorflow", None, None
+    if runtime == "onnxruntime":
+        dev = device.cpu_device("onnxruntime")
+    else:
+        with clock.phase("tensorflow_import"):
+            import_keras_lean()
+        with clock.phase("device"):
+            dev = device.setup(require_gpu=args.require_gpu)  # before the models: GPU memory growth, device line
     max_block_mb = args.max_block_mb or device.block_budget_mb(dev, DEFAULT_MAX_BLOCK_MB,
                                                                device.host_limit_mb())
     if not args.max_block_mb and dev.kind == "GPU":
         log.info("strip budget %.0f MB from the GPU's free memory (detect.max_block_mb unset)", max_block_mb)
     with clock.phase("models"):
-        model = load_model(args.model, expect_kind="discovery")
-        impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
+        if model is None:
+            model = load_model(args.model, expect_kind="discovery")
+            impact = load_model(args.impact_model, expect_kind="impact") if args.impact_model else None
         region = read_region(args.region, args.region_layer)
     quality = QualityCheck(args.cloud_check, args.cloud_min_reflectance, args.cloud_max_fraction,
                            args.band_order_check)
@@ -213,6 +234,9 @@ def register(sub) -> None:
                    "(detect.require_gpu)")
     p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute precision of the streamed FCN (detect.precision; tolerance in docs/gpu.md)")
+    p.add_argument("--runtime", choices=["auto", "tensorflow", "onnxruntime"], default="auto",
+                   help="what runs the networks (detect.runtime): onnxruntime (CPU, float32, no TensorFlow start), "
+                   "tensorflow (GPUs, reduced precision, every model), auto (onnxruntime where it can run)")
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")

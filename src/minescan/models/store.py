@@ -165,19 +165,27 @@ def read_card_of_kind(directory: str | Path, expect_kind: str | None = None) -> 
     return card
 
 
-def load_model(directory: str | Path, expect_kind: str | None = None) -> LoadedModel:
+def load_model(directory: str | Path, expect_kind: str | None = None, runtime: str = "tensorflow") -> LoadedModel:
+    """The model in ``directory``: card and network. ``runtime`` 'onnxruntime': the network is read without
+    Keras and run by ONNX Runtime (:mod:`minescan.models.onnx_net`; raises its ``Unsupported`` when the
+    network cannot be converted)."""
     directory = Path(directory)
     card = read_card_of_kind(directory, expect_kind)
     weights = directory / MODEL_FILE
     if not weights.is_file():
         raise ModelError(f"{weights}: model weights not found")
-    from minescan.models.networks import _keras
+    if runtime == "onnxruntime":
+        from minescan.models.onnx_net import load_network
 
-    keras = _keras()
-    try:
-        network = keras.models.load_model(weights, compile=False)
-    except Exception as exc:  # keras raises many types for a corrupt file
-        raise ModelError(f"{weights}: cannot be loaded as a Keras model ({exc})") from exc
+        network = load_network(weights, str(card.get("name") or directory.name))
+    else:
+        from minescan.models.networks import _keras
+
+        keras = _keras()
+        try:
+            network = keras.models.load_model(weights, compile=False)
+        except Exception as exc:  # keras raises many types for a corrupt file
+            raise ModelError(f"{weights}: cannot be loaded as a Keras model ({exc})") from exc
     n_in = network.input_shape[-1]
     if n_in != len(card["bands"]):
         raise ModelError(f"{directory}: card lists {len(card['bands'])} bands but the network takes {n_in}")

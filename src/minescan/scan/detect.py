@@ -411,8 +411,19 @@ def lazy_model(directory, kind: str) -> LoadedModel:
 
 
 def load_network(model: LoadedModel) -> LoadedModel:
-    from minescan.scan.device import setup
+    """``model`` with its network loaded: by ONNX Runtime on a CPU when it converts (no TensorFlow start,
+    :func:`minescan.scan.device.detect_runtime`), else by Keras."""
+    from minescan.scan.device import cpu_device, detect_runtime, setup
 
+    if detect_runtime("auto") == "onnxruntime":
+        from minescan.models.onnx_net import Unsupported
+
+        try:
+            loaded = load_model(model.path, expect_kind=model.card["kind"], runtime="onnxruntime")
+            cpu_device("onnxruntime")
+            return loaded
+        except Unsupported as exc:
+            log.info("running on TensorFlow: %s", exc)
     import_keras_lean()
     setup()  # logs the device this job rates on (and enables GPU memory growth) before TensorFlow starts
     return load_model(model.path, expect_kind=model.card["kind"])

@@ -219,3 +219,45 @@ def count_jobs(probability_rasters) -> dict[str, int]:
     """Detect jobs per device, from the quadrants' probability rasters (missing rasters are skipped)."""
     counts = Counter(device_tag(p) for p in probability_rasters if Path(p).exists())
     return {k: int(v) for k, v in sorted(counts.items())}
+
+
+# ---------------------------------------------------------------------------------- the runtime
+def gpu_present(env=None) -> bool:
+    """Whether this job may have a GPU: one assigned by the scheduler, or an NVIDIA device node."""
+    return assigned_gpus(env) is not None or Path("/dev/nvidia0").exists()
+
+
+def detect_runtime(requested: str, *, precision: str = "float32", require_gpu: bool = False,
+                   pyramid: bool = False, method: str = "auto", patch_model: bool = False, env=None) -> str:
+    """'tensorflow' or 'onnxruntime' for a detect job (``detect.runtime``).
+
+    ``auto`` takes ONNX Runtime (no TensorFlow start, ~3 s less per job; docs/performance.md) when the job
+    runs the streamed FCN in float32 on a CPU; TensorFlow for a GPU (assigned or present), reduced
+    precision, the pyramid's screen, the block method and imported patch models. ``onnxruntime`` asked
+    for where it cannot run is a :class:`DeviceError` naming the reason."""
+    from minescan.models.onnx_net import RUNTIMES, available
+
+    if requested not in RUNTIMES:
+        raise DeviceError(f"detect.runtime must be one of {', '.join(RUNTIMES)}, not {requested!r}")
+    if requested == "tensorflow":
+        return requested
+    blockers = [why for why, hit in (
+        (f"precision {precision} (float32 only)", precision != "float32"),
+        ("detect.require_gpu", require_gpu),
+        ("the pyramid scan", pyramid),
+        ("the block inference method", method == "blocks"),
+        ("an imported patch model", patch_model),
+        ("onnxruntime or onnx not installed", not available()),
+    ) if hit]
+    if requested == "onnxruntime":
+        if blockers:
+            raise DeviceError(f"detect.runtime onnxruntime cannot run this job: {'; '.join(blockers)}")
+        return requested
+    return "tensorflow" if blockers or gpu_present(env) else "onnxruntime"
+
+
+def cpu_device(note: str) -> Device:
+    """The :class:`Device` of a job that does not start TensorFlow (ONNX Runtime on the CPU); logged."""
+    dev = Device("CPU", CPU_LABEL, cpu_threads(), note=note)
+    log.info(dev.log_line())
+    return dev

@@ -171,69 +171,75 @@ def _keras():
 
 def _chain_layers(network) -> list | None:
     """The network's layers (input excluded) if they form a simple chain input -> ... -> output."""
+    from minescan.models.onnx_net import config_is_chain
+
     keras = _keras()
     layers = [la for la in network.layers if not isinstance(la, keras.layers.InputLayer)]
     if isinstance(network, keras.Sequential):
         return layers
     try:
-        conf = network.get_config()["layers"]
+        conf = network.get_config()
     except Exception:  # a subclassed model: we cannot see its topology
         return None
-    names = [c["name"] for c in conf if c.get("class_name") != "InputLayer"]
+    names = [c["name"] for c in conf.get("layers", []) if c.get("class_name") != "InputLayer"]
     if names != [la.name for la in layers] or len(network.inputs) != 1 or len(network.outputs) != 1:
         return None
+    return layers if config_is_chain(conf) else None
 
-    def sources(node) -> list[str]:
-        found = []
-        if isinstance(node, dict):
-            if "keras_history" in node:
-                found.append(node["keras_history"][0])
-            for v in node.values():
-                found += sources(v)
-        elif isinstance(node, list | tuple):
-            for v in node:
-                found += sources(v)
-        return found
 
-    prev = None
-    for c in conf:
-        if c.get("class_name") == "InputLayer":
-            prev = c["name"]
-            continue
-        if sources(c.get("inbound_nodes", [])) != [prev]:
-            return None
-        prev = c["name"]
-    return layers
+def _pair(v) -> tuple[int, ...]:
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
+
+
+def is_same_conv_config(kind: str, cfg: dict) -> bool:
+    """A Conv2D (Keras class name and config) the stream can split into row strips: 'same', stride 1, odd
+    kernel, channels last."""
+    return (kind == "Conv2D" and cfg.get("padding") == "same" and _pair(cfg.get("strides", 1)) == (1, 1)
+            and _pair(cfg.get("dilation_rate", 1)) == (1, 1) and cfg.get("data_format", "channels_last") == "channels_last"
+            and all(k % 2 == 1 for k in _pair(cfg["kernel_size"])) and cfg.get("groups", 1) == 1)
+
+
+def is_pool_config(kind: str, cfg: dict) -> bool:
+    """A square, non-overlapping 'valid' pool."""
+    pool = _pair(cfg.get("pool_size", 2))
+    return (kind in ("MaxPooling2D", "AveragePooling2D") and cfg.get("padding", "valid") == "valid"
+            and _pair(cfg.get("strides") or pool) == pool and pool[0] == pool[1]
+            and cfg.get("data_format", "channels_last") == "channels_last")
+
+
+TAIL_POINTWISE = ("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "ReLU", "LeakyReLU",
+                  "BatchNormalization", "Activation", "Softmax")
+
+
+def tail_reach_config(kind: str, cfg: dict) -> int | None:
+    """Rows a tail layer removes (kernel - 1 for a 'valid' conv, 0 for pointwise layers); None: unsupported."""
+    if kind == "Conv2D":
+        kernel = _pair(cfg["kernel_size"])
+        ok = ((cfg.get("padding") == "valid" or kernel == (1, 1)) and _pair(cfg.get("strides", 1)) == (1, 1)
+              and _pair(cfg.get("dilation_rate", 1)) == (1, 1)
+              and cfg.get("data_format", "channels_last") == "channels_last")
+        return kernel[0] - 1 if ok else None
+    return 0 if kind in TAIL_POINTWISE else None
+
+
+def layer_configs(network) -> list[tuple[str, dict]]:
+    """(class name, config) of each layer but the input, of a Keras network or an ONNX Runtime one."""
+    chain = getattr(network, "chain", None)
+    if chain is not None:  # minescan.models.onnx_net.OrtNetwork
+        return [(la.kind, la.config) for la in chain.layers]
+    return [(type(la).__name__, la.get_config()) for la in network.layers if type(la).__name__ != "InputLayer"]
 
 
 def _is_same_conv(la) -> bool:
-    keras = _keras()
-    return (type(la) is keras.layers.Conv2D and la.padding == "same" and tuple(la.strides) == (1, 1)
-            and tuple(la.dilation_rate) == (1, 1) and la.data_format == "channels_last"
-            and all(k % 2 == 1 for k in la.kernel_size) and getattr(la, "groups", 1) == 1)
+    return is_same_conv_config(type(la).__name__, la.get_config())
 
 
 def _is_pool(la) -> bool:
-    keras = _keras()
-    return (type(la) in (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D) and la.padding == "valid"
-            and tuple(la.strides) == tuple(la.pool_size) and la.pool_size[0] == la.pool_size[1]
-            and la.data_format == "channels_last")
+    return is_pool_config(type(la).__name__, la.get_config())
 
 
 def _tail_reach(la) -> int | None:
-    """Rows a tail layer removes (kernel - 1 for a 'valid' conv, 0 for pointwise layers); None: unsupported."""
-    keras = _keras()
-    L = keras.layers
-    if type(la) is L.Conv2D:
-        ok = ((la.padding == "valid" or tuple(la.kernel_size) == (1, 1)) and tuple(la.strides) == (1, 1)
-              and tuple(la.dilation_rate) == (1, 1) and la.data_format == "channels_last")
-        return la.kernel_size[0] - 1 if ok else None
-    if isinstance(la, L.Dropout | L.SpatialDropout2D | L.GaussianNoise | L.GaussianDropout | L.ReLU
-                  | L.LeakyReLU | L.BatchNormalization):
-        return 0
-    if isinstance(la, L.Activation | L.Softmax):
-        return 0
-    return None
+    return tail_reach_config(type(la).__name__, la.get_config())
 
 
 def compiled(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -256,35 +262,30 @@ def compiled(model) -> Callable[[np.ndarray], np.ndarray]:
 
 @dataclass
 class StreamStage:
-    model: object  # Keras model: ZeroPadding (columns) -> Conv 'valid' -> Pool
+    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # (1, rows, width, C) -> pooled rows
     half: int  # conv rows beyond the pooled footprint on each side (kernel // 2)
     pool: int  # pool factor along rows
     channels: int  # output channels
-    run: Callable = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.run = compiled(self.model)
 
 
 @dataclass
 class StreamNet:
-    """A network cut into row-streamable stages; see the module docstring."""
+    """A network cut into row-streamable stages; see the module docstring. Each stage runs 'conv padded
+    along columns only -> pool' (a Keras model, or an ONNX Runtime session for an OrtNetwork)."""
 
     stages: list[StreamStage]
-    tail: object  # Keras model from the last pooled level to the output
+    run_tail: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # last pooled level -> output
     reach: int  # rows the tail's 'valid' layers remove
     in_channels: int
     conv1_channels: int
-    run_tail: Callable = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.run_tail = compiled(self.tail)
 
     @classmethod
     def build(cls, network, gain: np.ndarray | None = None, precision: str = "float32") -> StreamNet | None:
         """Stage models for ``network`` (weights copied, first kernel scaled by ``gain``); None if the
         network is not ``[Conv 'same' -> Pool]+`` followed by 'valid'/pointwise layers. ``precision``
         other than float32: every layer but the last computes in it (Keras mixed precision)."""
+        if getattr(network, "runtime", None) == "onnxruntime":
+            return cls._build_ort(network, gain, precision)
         keras = _keras()
         mixed = None if precision == "float32" else f"mixed_{precision}"
         L = keras.layers
@@ -315,7 +316,7 @@ class StreamNet:
             if mixed:
                 pcfg["dtype"] = mixed
             x = type(pool).from_config(pcfg)(x)
-            stages.append(StreamStage(keras.Model(inp, x, name=f"stage{len(stages) + 1}"), kh // 2,
+            stages.append(StreamStage(compiled(keras.Model(inp, x, name=f"stage{len(stages) + 1}")), kh // 2,
                                       pool.pool_size[0], conv.filters))
             channels = conv.filters
             i += 2
@@ -337,7 +338,19 @@ class StreamNet:
                 copy.set_weights(la.get_weights())
             else:
                 x = la(x)
-        return cls(stages, keras.Model(inp, x, name="tail"), reach, in_channels, stages[0].channels)
+        return cls(stages, compiled(keras.Model(inp, x, name="tail")), reach, in_channels, stages[0].channels)
+
+    @classmethod
+    def _build_ort(cls, network, gain, precision: str) -> StreamNet | None:
+        from minescan.models.onnx_net import ort_stream_parts
+
+        if precision != "float32":
+            raise ValueError(f"precision {precision} needs the TensorFlow runtime (detect.runtime: tensorflow)")
+        parts = ort_stream_parts(network, gain, network.threads)
+        if parts is None:
+            return None
+        stages, tail, reach, _ = parts
+        return cls([StreamStage(*s) for s in stages], tail, reach, network.in_channels, stages[0][3])
 
     def bytes_per_input_row(self, width: int) -> float:
         """Working memory per input row of a strip (calibrated on the published FCN, TF CPU, with the tile
@@ -590,27 +603,25 @@ def _output_size(h: int, w: int, kernel, strides, padding: str) -> tuple[int, in
 
 def fcn_flops(network, height: int, width: int) -> float:
     """Analytical FLOPs (2 x multiply-adds of the convolutions and dense layers) of one forward pass of
-    ``network`` on a ``height`` x ``width`` input; pools, activations and softmax are not counted."""
-    keras = _keras()
-    L = keras.layers
+    ``network`` (Keras or ONNX Runtime) on a ``height`` x ``width`` input; pools, activations and softmax
+    are not counted."""
     h, w = height, width
     c = int(network.input_shape[-1])
     total = 0.0
-    for la in network.layers:
-        if isinstance(la, L.InputLayer):
-            continue
-        if type(la) is L.Conv2D:
-            kh, kw = la.kernel_size
-            h, w = _output_size(h, w, la.kernel_size, la.strides, la.padding)
-            total += 2.0 * kh * kw * c * la.filters * h * w
-            c = la.filters
-        elif isinstance(la, L.MaxPooling2D | L.AveragePooling2D):
-            h, w = _output_size(h, w, la.pool_size, la.strides, la.padding)
-        elif isinstance(la, L.Flatten):
+    for kind, cfg in layer_configs(network):
+        if kind == "Conv2D":
+            kh, kw = _pair(cfg["kernel_size"])
+            h, w = _output_size(h, w, (kh, kw), _pair(cfg.get("strides", 1)), cfg.get("padding", "valid"))
+            total += 2.0 * kh * kw * c * cfg["filters"] * h * w
+            c = int(cfg["filters"])
+        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+            pool = _pair(cfg.get("pool_size", 2))
+            h, w = _output_size(h, w, pool, _pair(cfg.get("strides") or pool), cfg.get("padding", "valid"))
+        elif kind == "Flatten":
             c, h, w = c * h * w, 1, 1
-        elif isinstance(la, L.Dense):
-            total += 2.0 * c * la.units * h * w
-            c = la.units
+        elif kind == "Dense":
+            total += 2.0 * c * cfg["units"] * h * w
+            c = int(cfg["units"])
     return total
 
 
