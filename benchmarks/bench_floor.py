@@ -10,21 +10,24 @@ process (wall time, peak RSS from ``wait4``); the 1-minute load average is print
    shape-free signature: the first call (tracing, graph and oneDNN set-up) printed separately, then the best
    of 3 warm calls; in float32 and, where the CPU has bfloat16 units (``avx512_bf16``/``amx_bf16``),
    mixed bfloat16. The streamed network (``predict_cells``, what the job runs) on the same array in
-   memory, second run (warm), in both precisions;
+   memory (pixel-interleaved, as the job reads it), second run (warm), in both precisions, and in float32
+   on ONNX Runtime (``detect.runtime: onnxruntime``);
 2. **the quadrant job**: ``minescan detect`` (FCN + impact CNN) + ``minescan classify`` as processes, one
-   quadrant per process; the breakdown of the detect process from its ``job timing`` log line (start-up,
+   quadrant per process, on ONNX Runtime (the default on a CPU) and on TensorFlow; the breakdown of the detect process from its ``job timing`` log line (start-up,
    imports, TensorFlow import, model load, stream build, first call, network, read + decode in the
    read-ahead thread, impact, checks, write, process exit); ratios job / warm floor for the work (the
    quadrant's own phases) and for the whole processes;
 3. **tile per process** (``detect.quadrants_per_job: tile``): the tile's 4 quadrants in one detect process
-   against 4 detect processes; the probability rasters must be byte-identical (else exit 1);
+   against 4 detect processes (ONNX Runtime), and in one TensorFlow process; the probability rasters must be
+   byte-identical between tile and quadrant processes (else exit 1);
 4. **bfloat16 job** (``--precision bfloat16``): largest probability difference to the float32 job and the
    candidates compared;
 5. **tile compression**: the tile copied as DEFLATE + predictor 2 (GDAL default level), ZSTD + predictor 2
    (level 1), LZW + predictor 2 and uncompressed; size, and the time to read and decode quadrant NW's span
    in full-width strips as the job does, with 1 and 2 GDAL decode threads.
 
-The job's probabilities must equal the float32 floor to 1e-5 with the same NaN cells (else exit 1).
+The jobs' probabilities (both runtimes) must equal the float32 floor to 1e-5 with the same NaN cells (else
+exit 1).
 """
 
 from __future__ import annotations
@@ -93,8 +96,8 @@ def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy:
     tile = bq._tile(int(tile_px))
     g, kx, ky, (c0, r0, c1, r1) = bq._span(tile, "NW")
     model = load_model(fcn)
-    with open_tile(tile_path, tile) as raster:
-        raw = raster.read_px(c0, r0, c1, r1, list(range(12)))
+    with open_tile(tile_path, tile) as raster:  # pixel-interleaved in memory, as the job's strips are
+        raw = np.ascontiguousarray(raster.read_px(c0, r0, c1, r1, list(range(12))))
     res: dict = {}
     # the streamed network on the in-memory array (no decoding), twice: the second run is warm
     norm = Normalisation(bq.SCALE, tuple(bq.MEAN), tuple(bq.STD))
@@ -112,6 +115,17 @@ def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy:
             res[f"stream{i}_s"] = time.perf_counter() - t
             res[f"stream{i}_network_s"] = st.compute_s
     res["stream_first_call_s"] = res["stream0_network_s"] - res["stream1_network_s"]
+    if precision == "float32":  # the same stream on ONNX Runtime (no TensorFlow in the job)
+        from minescan.models.onnx_net import load_network
+
+        ort_net = load_network(Path(fcn) / "model.keras", "fcn")
+        for i in range(2):
+            st = InferenceStats()
+            t = time.perf_counter()
+            ort_stream = predict_cells(ort_net, g, read, norm, kx, ky, stats=st)
+            res[f"ort_stream{i}_s"] = time.perf_counter() - t
+            res[f"ort_stream{i}_network_s"] = st.compute_s
+        res["ort_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ort_stream - stream)))
     held.clear()
     # the whole span in one forward pass
     valid = np.all(raw != 0, axis=-1)
@@ -285,6 +299,10 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         note(f"floor {prec}: streamed network from memory, warm",
              f"network {f['stream1_network_s']:.2f} s, wall {f['stream1_s']:.2f} s (first run: network "
              f"{f['stream0_network_s']:.2f} s, wall {f['stream0_s']:.2f} s)")
+        if "ort_stream1_s" in f:
+            note(f"{prec}: streamed network from memory on ONNX Runtime, warm",
+                 f"network {f['ort_stream1_network_s']:.2f} s, wall {f['ort_stream1_s']:.2f} s (first run: network "
+                 f"{f['ort_stream0_network_s']:.2f} s); max |diff| to TensorFlow's {f['ort_vs_tf_stream_max_diff']:.1e}")
     floor = floors["float32"]["warm_s"]
     flops = floors["float32"]["flops"]
     res["floors"] = floors
@@ -294,24 +312,32 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     threshold = float(np.nanquantile(grid32, 1 - args.candidate_fraction))
 
     # the quadrant job, one quadrant per process
-    bq.say("quadrant job (detect + classify), one quadrant per process ...")
-    job = detect(work, tile_path, tile_px, ["NW"], "q", threshold)
-    tm = job["timing"]
     setup_keys = ("startup", "imports", "tensorflow_import", "device", "models")
-    setup = sum(tm.get(k, 0.0) for k in setup_keys)
-    work_s = tm["total"] - setup
-    note("quadrant job: detect process", f"{job['detect_s']:.2f} s (peak RSS {job['detect_rss_mb']:.0f} MB), "
-         f"classify process {job['classify_s']:.2f} s (peak RSS {job['classify_rss_mb']:.0f} MB)")
-    grid = read_grid(job["outs"][0] / "probability.tif")
-    diff = float(np.nanmax(np.abs(grid - grid32)))
-    same_nan = bool(np.array_equal(np.isnan(grid), np.isnan(grid32)))
-    res["job"] = {k: v for k, v in job.items() if k != "outs"}
-    res["job"].update(work_s=work_s, setup_s=setup, max_diff_vs_floor=diff, nan_equal=same_nan)
+    diffs = []
+    for key, tag, runtime in (("job", "q", "onnxruntime"), ("job_tf", "tfq", "tensorflow")):
+        bq.say(f"quadrant job (detect + classify), one quadrant per process, {runtime} ...")
+        j = detect(work, tile_path, tile_px, ["NW"], tag, threshold, "--runtime", runtime)
+        jt = j["timing"]
+        setup = sum(jt.get(k, 0.0) for k in setup_keys)
+        note(f"quadrant job ({runtime}): detect process", f"{j['detect_s']:.2f} s (peak RSS "
+             f"{j['detect_rss_mb']:.0f} MB), classify process {j['classify_s']:.2f} s (peak RSS "
+             f"{j['classify_rss_mb']:.0f} MB)")
+        g = read_grid(j["outs"][0] / "probability.tif")
+        diffs.append((float(np.nanmax(np.abs(g - grid32))), bool(np.array_equal(np.isnan(g), np.isnan(grid32)))))
+        res[key] = {k: v for k, v in j.items() if k != "outs"}
+        res[key].update(work_s=jt["total"] - setup, setup_s=setup, max_diff_vs_floor=diffs[-1][0],
+                        nan_equal=diffs[-1][1], runtime=runtime)
+        if key == "job":
+            job, tm, work_s, grid = j, jt, jt["total"] - setup, g
+    diff = max(d for d, _ in diffs)
+    same_nan = all(n for _, n in diffs)
 
     # tile per process vs quadrant per process
     bq.say("4 quadrants: one detect process each vs one for the tile ...")
-    per_q = [job] + [detect(work, tile_path, tile_px, [q], "q", threshold) for q in QUADRANTS[1:]]
-    tile_job = detect(work, tile_path, tile_px, list(QUADRANTS), "t", threshold)
+    per_q = [job] + [detect(work, tile_path, tile_px, [q], "q", threshold, "--runtime", "onnxruntime")
+                     for q in QUADRANTS[1:]]
+    tile_job = detect(work, tile_path, tile_px, list(QUADRANTS), "t", threshold, "--runtime", "onnxruntime")
+    tile_tf = detect(work, tile_path, tile_px, list(QUADRANTS), "tft", threshold, "--runtime", "tensorflow")
     four_s = sum(j["wall_s"] for j in per_q)
     identical = all((work / f"q_{q}" / "probability.tif").read_bytes() == (work / f"t_{q}" / "probability.tif").read_bytes()
                     and (work / f"q_{q}" / "classified.csv").read_bytes() == (work / f"t_{q}" / "classified.csv").read_bytes()
@@ -320,21 +346,28 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     note("4 quadrants in 1 detect (+4 classify) processes",
          f"{tile_job['wall_s']:.2f} s = {tile_job['wall_s'] / 4:.2f} s per quadrant (detect {tile_job['detect_s']:.2f} s,"
          f" peak RSS {tile_job['detect_rss_mb']:.0f} MB); outputs byte-identical: {identical}")
+    note("4 quadrants in 1 detect (+4 classify) processes, TensorFlow",
+         f"{tile_tf['wall_s']:.2f} s = {tile_tf['wall_s'] / 4:.2f} s per quadrant (detect {tile_tf['detect_s']:.2f} s,"
+         f" peak RSS {tile_tf['detect_rss_mb']:.0f} MB)")
     res["tile_mode"] = {"four_processes_s": four_s, "one_process_s": tile_job["wall_s"], "identical": identical,
                         "timing": tile_job["timing"], "detect_rss_mb": tile_job["detect_rss_mb"],
                         "exit_s": tile_job["exit_s"]}
+    res["tile_mode_tf"] = {"one_process_s": tile_tf["wall_s"], "timing": tile_tf["timing"],
+                           "detect_rss_mb": tile_tf["detect_rss_mb"], "exit_s": tile_tf["exit_s"]}
 
     # bfloat16 job
     if bf16:
         bq.say("quadrant job in bfloat16 ...")
-        jb = detect(work, tile_path, tile_px, ["NW"], "bf16", threshold, "--precision", "bfloat16")
+        jb = detect(work, tile_path, tile_px, ["NW"], "bf16", threshold, "--precision", "bfloat16",
+                    "--runtime", "tensorflow")
         gb = read_grid(jb["outs"][0] / "probability.tif")
         c32, cb = candidates(job["outs"][0] / "candidates.csv"), candidates(jb["outs"][0] / "candidates.csv")
         res["bf16_job"] = {"detect_s": jb["detect_s"], "timing": jb["timing"],
                            "max_diff": float(np.nanmax(np.abs(gb - grid))), "candidates_f32": len(c32),
                            "candidates_bf16": len(cb), "common": len(c32 & cb)}
         b = res["bf16_job"]
-        note("bfloat16 job vs float32 job", f"network {jb['timing']['network']:.2f} s vs {tm['network']:.2f} s; "
+        note("bfloat16 job vs float32 job (TensorFlow)", f"network {jb['timing']['network']:.2f} s vs "
+             f"{res['job_tf']['timing']['network']:.2f} s; "
              f"detect process {jb['detect_s']:.2f} s; max |prob diff| {b['max_diff']:.4f}; candidates "
              f"{b['candidates_bf16']} vs {b['candidates_f32']}, {b['common']} in common")
 
@@ -392,40 +425,49 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
     line("floor fp32: whole span, warm (best of 3)", floor)
     line("floor fp32: whole span, first call", f32["first_s"])
     line("streamed network fp32 from memory, warm (network time)", f32["stream1_network_s"])
+    if "ort_stream1_network_s" in f32:
+        line("streamed network fp32 from memory on ONNX Runtime, warm (network time)", f32["ort_stream1_network_s"])
     if "bfloat16" in res["floors"]:
         b = res["floors"]["bfloat16"]
         line("floor bf16: whole span, warm (best of 3)", b["warm_s"])
         line("floor bf16: whole span, first call", b["first_s"])
         line("streamed network bf16 from memory, warm (network time)", b["stream1_network_s"])
-    line("quadrant job: work (the quadrant's phases of detect)", work_s)
-    line("quadrant job: detect process", job["detect_s"])
-    line("quadrant job: detect + classify processes", job["wall_s"])
-    t = res["tile_mode"]
-    line("tile per process: per quadrant (1 detect + 4 classify processes / 4)", t["one_process_s"] / 4)
-    line("quadrant per process: per quadrant (4 detect + 4 classify / 4)", t["four_processes_s"] / 4)
-    print(f"\nbreakdown of the detect process ({job['detect_s']:.2f} s wall, one quadrant; "
-          f"tile mode: {res['tile_mode']['timing']['total'] + res['tile_mode']['exit_s']:.2f} s for 4):")
-    tt = res["tile_mode"]["timing"]
+    jtf, t, ttf = res["job_tf"], res["tile_mode"], res["tile_mode_tf"]
+    line("quadrant job, ONNX Runtime: work (the quadrant's phases of detect)", work_s)
+    line("quadrant job, ONNX Runtime: detect process", job["detect_s"])
+    line("**quadrant job, ONNX Runtime: detect + classify processes**", job["wall_s"])
+    line("quadrant job, TensorFlow: work", jtf["work_s"])
+    line("quadrant job, TensorFlow: detect + classify processes", jtf["wall_s"])
+    line("**tile per process, ONNX Runtime: per quadrant** (1 detect + 4 classify processes / 4)",
+         t["one_process_s"] / 4)
+    line("tile per process, TensorFlow: per quadrant", ttf["one_process_s"] / 4)
+    line("quadrant per process, ONNX Runtime: per quadrant (4 detect + 4 classify / 4)", t["four_processes_s"] / 4)
+    print("\nbreakdown of the detect process (s): one quadrant / a tile's 4 quadrants in one process, on ONNX "
+          "Runtime and on TensorFlow:")
+    cols = [(job["timing"], job["exit_s"], job["classify_s"]),
+            (t["timing"], t["exit_s"], t["one_process_s"] - t["timing"]["total"] - t["exit_s"]),
+            (jtf["timing"], jtf["exit_s"], jtf["classify_s"]),
+            (ttf["timing"], ttf["exit_s"], ttf["one_process_s"] - ttf["timing"]["total"] - ttf["exit_s"])]
     keys = ("startup", "imports", "tensorflow_import", "device", "models", "stream_build", "first_call", "network",
             "fcn_other", "impact", "checks", "candidates", "write", "other")
     names = {"startup": "interpreter + CLI imports", "imports": "scan-module imports", "tensorflow_import":
-             "TensorFlow + Keras import", "device": "device set-up", "models": "model load + region",
-             "stream_build": "stream stage build", "first_call": "first call (trace, set-up)", "network":
-             "network (warm)", "fcn_other": "waiting for reads, assembling strips", "impact": "impact CNN",
+             "TensorFlow + Keras import", "device": "device set-up", "models": "model load (+ onnx import) + region",
+             "stream_build": "stream stage build (+ onnxruntime import)", "first_call": "first call (trace, set-up)",
+             "network": "network (warm)", "fcn_other": "waiting for reads, assembling strips", "impact": "impact CNN",
              "checks": "cloud / band checks", "candidates": "candidates table", "write": "write outputs",
              "other": "other"}
-    print("| phase | 1 quadrant (s) | tile: 4 quadrants (s) |")
-    print("| --- | ---: | ---: |")
+    print("| phase | ORT 1 quadrant | ORT tile (4) | TF 1 quadrant | TF tile (4) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for k in keys:
-        print(f"| {names[k]} | {tm.get(k, 0.0):.2f} | {tt.get(k, 0.0):.2f} |")
-    print(f"| process exit (TensorFlow teardown) | {job['exit_s']:.2f} | {res['tile_mode']['exit_s']:.2f} |")
-    print(f"| (read + decode, in the read-ahead thread, overlapping) | ({tm['read_in_thread']:.2f}) | "
-          f"({tt['read_in_thread']:.2f}) |")
-    print(f"| classify processes (ratings copied, no TensorFlow) | {job['classify_s']:.2f} | "
-          f"{res['tile_mode']['one_process_s'] - res['tile_mode']['timing']['total'] - res['tile_mode']['exit_s']:.2f} |")
+        print(f"| {names[k]} | " + " | ".join(f"{c[0].get(k, 0.0):.2f}" for c in cols) + " |")
+    print("| process exit | " + " | ".join(f"{c[1]:.2f}" for c in cols) + " |")
+    print("| (read + decode, in the read-ahead thread, overlapping) | "
+          + " | ".join(f"({c[0]['read_in_thread']:.2f})" for c in cols) + " |")
+    print("| classify processes (ratings copied) | " + " | ".join(f"{c[2]:.2f}" for c in cols) + " |")
     j = res["job"]
-    print(f"\njob probabilities vs fp32 floor: max |diff| {j['max_diff_vs_floor']:.2e}, NaN cells equal "
-          f"{j['nan_equal']}; stream vs whole pass in the floor child: {f32['stream_vs_whole_max_diff']:.2e}")
+    print(f"\njob probabilities vs fp32 floor: max |diff| {j['max_diff_vs_floor']:.2e} (ONNX Runtime), "
+          f"{jtf['max_diff_vs_floor']:.2e} (TensorFlow), NaN cells equal {j['nan_equal'] and jtf['nan_equal']}; "
+          f"stream vs whole pass in the floor child: {f32['stream_vs_whole_max_diff']:.2e}")
     if "bf16_floor_max_diff" in res:
         b = res["bf16_job"]
         print(f"bfloat16 vs float32: floor max |prob diff| {res['bf16_floor_max_diff']:.4f}; job max |prob diff| "
@@ -433,12 +475,13 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
               f"{b['common']} in common")
     ok = lambda c: "met" if c else "NOT met"  # noqa: E731
     per_q_tile = t["one_process_s"] / 4
+    rss = max(x["detect_rss_mb"] for x in (j, t, jtf, ttf))
     print(f"\ntargets: job process (detect + classify, 1 quadrant) <= 2.5 x floor: {j['wall_s'] / floor:.2f} x "
           f"({ok(j['wall_s'] <= 2.5 * floor)}); tile per process <= 1.3 x per quadrant: {per_q_tile / floor:.2f} x "
-          f"({ok(per_q_tile <= 1.3 * floor)}); peak RSS <= 2.5 GB: "
-          f"{max(j['detect_rss_mb'], t['detect_rss_mb']) / 1024:.2f} GB "
-          f"({ok(max(j['detect_rss_mb'], t['detect_rss_mb']) <= 2560)})"
+          f"({ok(per_q_tile <= 1.3 * floor)}); peak RSS <= 2.5 GB: {rss / 1024:.2f} GB ({ok(rss <= 2560)})"
           + (" [--quick: small quadrants, fixed costs dominate]" if res["quick"] else ""))
+    print(f"  on TensorFlow: 1 quadrant {jtf['wall_s'] / floor:.2f} x, tile per process "
+          f"{ttf['one_process_s'] / 4 / floor:.2f} x")
     n_q = 4000
     print(f"Brazil (~{n_q} quadrants of this size) on one such machine: {n_q * per_q_tile / 3600:.1f} h tile per "
           f"process, {n_q * t['four_processes_s'] / 4 / 3600:.1f} h quadrant per process, "
