@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,14 @@ from conftest import grid_tile, write_scene
 from minescan.cli import run
 from minescan.errors import ModelError
 from minescan.grid import QUADRANTS, cells_in_core
-from minescan.models.imported import L1C_BANDS, ImportSpec, import_h5, read_h5_config, spec_from_preset
+from minescan.models.imported import (
+    L1C_BANDS,
+    PRESETS,
+    ImportSpec,
+    import_h5,
+    read_h5_config,
+    spec_from_preset,
+)
 from minescan.models.store import load_model
 from minescan.scan.inference import Normalisation
 from minescan.scan.patches import PatchNet, quadrant_patch_probabilities
@@ -331,6 +340,23 @@ def test_spec_options_override_the_preset():
     spec = spec_from_preset("amw-2021-rgb", input_scale=1e-4)
     assert spec.zscore is None and spec.input_scale == 1e-4 and spec.crop == 44
     assert isinstance(spec_from_preset(None, bands=("B4",)), ImportSpec)
+
+
+def test_the_parser_lists_and_checks_the_presets_without_importing_them(capsys):
+    """Every command builds the whole parser: the import-model presets are a constant there
+    (minescan.cli.models.IMPORT_PRESETS), so minescan.models.imported is only imported to import a model."""
+    from minescan.cli.models import IMPORT_PRESETS
+
+    assert IMPORT_PRESETS == tuple(sorted(PRESETS))
+    code = "import sys\nfrom minescan.cli import build_parser\nbuild_parser()\nprint('minescan.models.imported' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["False"], r.stderr[-2000:]
+    with pytest.raises(SystemExit):
+        run(["import-model", "--help"])
+    assert "Presets: amw-2021-rgb, amw-2024." in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        run(["import-model", "--preset", "amw-2023", "--h5", "x.h5", "--out", "m"])
+    assert "invalid choice: 'amw-2023' (choose from 'amw-2021-rgb', 'amw-2024')" in capsys.readouterr().err
 
 
 def test_evaluate_chips_scores_rgb_chips_with_an_imported_rgb_model(h5s, tmp_path, capsys):

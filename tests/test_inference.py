@@ -333,6 +333,28 @@ def test_memory_bounded_detections_equal_the_plain_path(scene_tile, models, tmp_
             _same(a.read(1), b.read(1))
 
 
+def test_read_px_is_the_file_window_pixel_interleaved(scene_tile):
+    """read_px: a C-contiguous (H, W, B) array equal to rasterio's band-sequential read of the window, for
+    a band subset in any order, inside the file and across its edge (nodata beyond), and empty windows."""
+    import rasterio
+
+    t, path = scene_tile
+    with rasterio.open(path) as ds:
+        whole = np.moveaxis(ds.read(), 0, -1)
+    ox, oy = t.origin_px
+    n = t.size_px
+    cases = [((5, 7, 300, 141), list(range(12))), ((100, 0, 101, 50), [7, 0, 3]),
+             ((-20, 600, 40, n + 9), [2, 11]), ((n - 3, -4, n + 2, 3), [4]), ((10, 10, 10, 20), [1])]
+    with TileRaster(path, t) as raster:
+        for (c0, r0, c1, r1), bands in cases:
+            got = raster.read_px(ox + c0, oy + r0, ox + c1, oy + r1, bands)
+            ref = np.full((r1 - r0, c1 - c0, len(bands)), raster.nodata, dtype=np.uint16)
+            a0, b0, a1, b1 = max(c0, 0), max(r0, 0), min(c1, n), min(r1, n)
+            ref[b0 - r0 : b1 - r0, a0 - c0 : a1 - c0] = whole[b0:b1, a0:a1][..., bands]
+            assert got.dtype == np.uint16 and got.flags.c_contiguous, (c0, r0, c1, r1)
+            np.testing.assert_array_equal(got, ref)
+
+
 def test_quadrant_stream_equals_whole_tile_forward_pass(scene_tile, models):
     """The tile-file path (windowed uint16 reads, read-ahead) against the whole span read at once."""
     import keras

@@ -86,16 +86,19 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
 
 
-def register_import(subparsers) -> None:
-    from minescan.models.imported import PRESETS
+#: the names of :data:`minescan.models.imported.PRESETS`, sorted: the parser lists them without importing that
+#: module (and numpy) for every command; test_imported keeps the two equal
+IMPORT_PRESETS = ("amw-2021-rgb", "amw-2024")
 
+
+def register_import(subparsers) -> None:
     im = subparsers.add_parser(
         "import-model", help="import published Keras .h5 patch classifiers (one, or an averaged ensemble)",
         description="Write a minescan discovery model directory (model.keras + card.json) from Keras .h5 patch "
                     "classifiers and what the files cannot say (a --preset, or the options). Layers outside an "
                     "allow-list (Lambda above all) are refused before anything is loaded. Options override "
-                    f"the preset. Presets: {', '.join(sorted(PRESETS))}.")
-    im.add_argument("--preset", choices=sorted(PRESETS), help="settings of a known model family")
+                    f"the preset. Presets: {', '.join(IMPORT_PRESETS)}.")
+    im.add_argument("--preset", choices=IMPORT_PRESETS, help="settings of a known model family")
     im.add_argument("--h5", action="append", required=True, metavar="FILE",
                     help="a .h5 model file; repeat for an ensemble (scores averaged)")
     im.add_argument("--out", required=True, help="model directory to write")

@@ -123,6 +123,12 @@ def cmd_detect(args) -> int:
 
 
 def cmd_classify(args) -> int:
+    if args.model not in ("none", ""):
+        from minescan.scan.classify_copy import copy_rated
+
+        # all rated by this very model in the detect job: copied without importing pandas or rasterio
+        if copy_rated(args.candidates, args.out, args.model, args.tile) is not None:
+            return 0
     from minescan.scan.detect import lazy_model, run_classify
 
     # the network (and TensorFlow) is only loaded if some candidate is not yet rated by this model

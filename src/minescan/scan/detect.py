@@ -19,6 +19,7 @@ from minescan.grid import Tile, cell_centres_utm, cells_in_core, check_halo, reg
 from minescan.io_utils import atomic_output, write_cog
 from minescan.models.networks import IMPACT_CLASSES, STRIDE, FcnGeometry
 from minescan.models.store import LoadedModel, load_model, read_card_of_kind
+from minescan.scan.classify_copy import IMPACT_COLUMNS, RATED_BY, TEXT_COLUMNS
 from minescan.scan.inference import (
     DEFAULT_MAX_BLOCK_MB,
     CellRows,
@@ -36,9 +37,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE_COLUMNS = ["cell_x", "cell_y", "zone", "tile", "quadrant", "easting", "northing", "lon", "lat",
                      "probability"]
-IMPACT_COLUMNS = ["p_high", "p_low", "p_no_ore", "impact"]
 DEFAULT_QUALITY = QualityCheck()  # cloud check warns, band-order check on (minescan.scan.quality)
-RATED_BY = "impact_model"  # candidates.csv column: version of the impact model that rated them in detect
 
 
 def _raw_reader(raster: TileRaster, model: LoadedModel):
@@ -436,7 +435,7 @@ def run_classify(tile_path, tile: Tile, model: LoadedModel | None, scale: float,
     Candidates the detect job already rated with this very model (same content hash) are copied; others
     are read, normalised and rated here in batches of ``batch_size``. ``model`` may come from
     :func:`lazy_model`: its network is only loaded if there is something to rate."""
-    cands = pd.read_csv(candidates_csv, dtype={"zone": str, "tile": str, "quadrant": str, RATED_BY: str})
+    cands = pd.read_csv(candidates_csv, dtype=dict.fromkeys(TEXT_COLUMNS, str))
     rated = cands[RATED_BY] if RATED_BY in cands.columns else None
     base = cands.drop(columns=[c for c in [*IMPACT_COLUMNS, RATED_BY] if c in cands.columns])
     if model is None:

@@ -238,18 +238,27 @@ class TileRaster:
         return [self.band_names.index(b) for b in wanted]
 
     def read_px(self, col0: int, row0: int, col1: int, row1: int, bands: list[int]) -> np.ndarray:
-        """Read global pixels [col0, col1) x [row0, row1) of the given 0-based bands as (H, W, B) uint16.
+        """Read global pixels [col0, col1) x [row0, row1) of the given 0-based bands as a C-contiguous
+        (H, W, B) uint16 array.
 
         Pixels beyond the file are returned as nodata (the caller checks its halo requirement first).
         """
         c0, r0 = col0 - self.origin[0], row0 - self.origin[1]
         win = Window(c0, r0, col1 - col0, row1 - row0)
         inside = c0 >= 0 and r0 >= 0 and c0 + win.width <= self.ds.width and r0 + win.height <= self.ds.height
+        indexes = [b + 1 for b in bands]
+        dtypes = {self.ds.dtypes[b] for b in bands}
         try:
+            if inside and len(dtypes) == 1:
+                # GDAL fills the pixel-interleaved array through its (B, H, W) view: the layout the tiles
+                # are stored in (INTERLEAVE=PIXEL) and the callers use, so no transposing copy on either side
+                data = np.empty((row1 - row0, col1 - col0, len(bands)), dtype=dtypes.pop())
+                self.ds.read(indexes, window=win, out=data.transpose(2, 0, 1))
+                return data
             if inside:
-                data = self.ds.read([b + 1 for b in bands], window=win)
+                data = self.ds.read(indexes, window=win)
             else:
-                data = self.ds.read([b + 1 for b in bands], window=win, boundless=True, fill_value=self.nodata)
+                data = self.ds.read(indexes, window=win, boundless=True, fill_value=self.nodata)
         except RasterioError as exc:
             raise InputDataError(f"{self.path}: corrupt or unreadable ({exc})") from exc
-        return np.moveaxis(data, 0, -1)
+        return np.ascontiguousarray(np.moveaxis(data, 0, -1))
