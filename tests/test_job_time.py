@@ -112,8 +112,9 @@ def test_detect_logs_where_the_job_time_goes(tmp_path, caplog, tile_file, bright
             assert np.isfinite(ds.read(1)).any()
 
 
-def test_detect_as_a_process_exits_with_its_status(tmp_path, tile_file, bright_model_dir):
-    """The CLI leaves without TensorFlow's teardown (cli.FAST_EXIT): outputs complete, exit status kept."""
+@pytest.mark.parametrize("runtime", ["onnxruntime", "tensorflow"])
+def test_detect_as_a_process_exits_with_its_status(tmp_path, tile_file, bright_model_dir, runtime):
+    """The CLI leaves without the runtime's teardown (cli.FAST_EXIT): outputs complete, exit status kept."""
     import subprocess
     import sys
 
@@ -123,7 +124,7 @@ def test_detect_as_a_process_exits_with_its_status(tmp_path, tile_file, bright_m
     def detect(tile_path):
         return subprocess.run([sys.executable, "-m", "minescan.cli", "detect", "--tile", TILE.name, "--quadrant", "NW",
                                "--tile-path", str(tile_path), "--model", str(bright_model_dir), "--region",
-                               str(region), "--tile-px", "648", "--halo-px", "160", "--prob-out",
+                               str(region), "--tile-px", "648", "--halo-px", "160", "--runtime", runtime, "--prob-out",
                                str(tmp_path / "p.tif"), "--candidates-out", str(tmp_path / "c.csv")],
                               capture_output=True, text=True)
 
@@ -132,7 +133,7 @@ def test_detect_as_a_process_exits_with_its_status(tmp_path, tile_file, bright_m
     assert "job timing" in r.stderr and (tmp_path / "c.csv").exists()
     with rasterio.open(tmp_path / "p.tif") as ds:
         assert np.isfinite(ds.read(1)).any()
-    r = detect(tmp_path / "missing.tif")  # fails after TensorFlow has started and the model is loaded
+    r = detect(tmp_path / "missing.tif")  # fails after the runtime has started and the model is loaded
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith("minescan: error:") and "missing.tif" in r.stderr
 
