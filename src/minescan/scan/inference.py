@@ -12,8 +12,9 @@ full-width strips of rows, stage by stage, and nothing is computed twice:
     input rows --(conv1 + pool1)--> level-1 rows --(conv2 + pool2)--> level-2 rows --> ... --> cells
 
 Each stage is a small Keras model built from the loaded network's own weights (a 'valid' copy of the
-convolution and the pool). Level ``i`` row ``r`` needs level ``i-1`` rows ``[p r - h, p r + p + h)`` (pool
-``p``, conv half-width ``h``: 3 and 1 here), i.e. a 1-row margin, and 'same' padding is applied only at
+convolution and the pool), or, for a network loaded for ONNX Runtime (:mod:`minescan.models.onnx_net`,
+``detect.runtime``), an ONNX Runtime session computing the same. Level ``i`` row ``r`` needs level
+``i-1`` rows ``[p r - h, p r + p + h)`` (pool ``p``, conv half-width ``h``: 3 and 1 here), i.e. a 1-row margin, and 'same' padding is applied only at
 the true edges of the span, so the strip-wise result equals the whole-array result. Every level keeps the
 rows its consumer may ask for again (the margin), so no convolution is recomputed; the tail (7 x 7 valid
 conv, dropout, 1 x 1 softmax) streams the same way. Input strips are read from the tile (uint16) one strip
