@@ -68,10 +68,16 @@ def test_streamed_fcn_equals_the_whole_keras_pass(keras_and_ort, kx, ky, cells):
     _same(got, _whole(fcn, g, img, norm, kx, ky))
 
 
-def test_reduced_precision_and_blocks_stay_with_tensorflow(keras_and_ort):
-    (_, ofcn), _ = keras_and_ort
+def test_block_method_on_onnxruntime_and_reduced_precision_refused(keras_and_ort):
+    (fcn, ofcn), _ = keras_and_ort
     g, img, norm = FcnGeometry(201), _image(), _norm()
-    from minescan.scan.inference import compute_precision
+    from minescan.scan.inference import InferenceStats, compute_precision
+
+    kx, ky = RECTS[0]
+    stats = InferenceStats()
+    got = predict_cells(ofcn, g, _reader(img), norm, kx, ky, method="blocks", block_cells=5, stats=stats)
+    assert stats.method == "blocks"
+    _same(got, _whole(fcn, g, img, norm, kx, ky))
 
     with compute_precision("bfloat16"), pytest.raises(ValueError, match="TensorFlow runtime"):
         predict_cells(ofcn, g, _reader(img), norm, range(2, 5), range(1, 4))
@@ -137,8 +143,7 @@ def test_runtime_choice():
     auto = detect_runtime("auto", env=cpu)
     assert auto == ("tensorflow" if device.gpu_present(cpu) else "onnxruntime")
     assert detect_runtime("auto", env={"CUDA_VISIBLE_DEVICES": "0"}) == "tensorflow"
-    for kw in ({"precision": "bfloat16"}, {"require_gpu": True}, {"pyramid": True}, {"method": "blocks"},
-               {"patch_model": True}):
+    for kw in ({"precision": "bfloat16"}, {"require_gpu": True}, {"pyramid": True}, {"patch_model": True}):
         assert detect_runtime("auto", env=cpu, **kw) == "tensorflow"
         with pytest.raises(DeviceError, match="onnxruntime cannot run this job"):
             detect_runtime("onnxruntime", env=cpu, **kw)

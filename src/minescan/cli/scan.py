@@ -67,8 +67,7 @@ def cmd_detect(args) -> int:
 
     clock.add("imports", clock.elapsed())  # minescan's scan modules: numpy, pandas, rasterio, shapely
     runtime = device.detect_runtime(args.runtime, precision=args.precision, require_gpu=args.require_gpu,
-                                    pyramid=bool(args.pyramid), method=args.inference,
-                                    patch_model=isinstance(card.get("patch"), dict))
+                                    pyramid=bool(args.pyramid), patch_model=isinstance(card.get("patch"), dict))
     model = impact = None
     if runtime == "onnxruntime":  # no TensorFlow in this process (minescan.models.onnx_net)
         from minescan.models.onnx_net import Unsupported

@@ -228,12 +228,12 @@ def gpu_present(env=None) -> bool:
 
 
 def detect_runtime(requested: str, *, precision: str = "float32", require_gpu: bool = False,
-                   pyramid: bool = False, method: str = "auto", patch_model: bool = False, env=None) -> str:
+                   pyramid: bool = False, patch_model: bool = False, env=None) -> str:
     """'tensorflow' or 'onnxruntime' for a detect job (``detect.runtime``).
 
     ``auto`` takes ONNX Runtime (no TensorFlow start, ~3 s less per job; docs/performance.md) when the job
     runs the streamed FCN in float32 on a CPU; TensorFlow for a GPU (assigned or present), reduced
-    precision, the pyramid's screen, the block method and imported patch models. ``onnxruntime`` asked
+    precision, the pyramid's screen and imported patch models. ``onnxruntime`` asked
     for where it cannot run is a :class:`DeviceError` naming the reason."""
     from minescan.models.onnx_net import RUNTIMES, available
 
@@ -245,7 +245,6 @@ def detect_runtime(requested: str, *, precision: str = "float32", require_gpu: b
         (f"precision {precision} (float32 only)", precision != "float32"),
         ("detect.require_gpu", require_gpu),
         ("the pyramid scan", pyramid),
-        ("the block inference method", method == "blocks"),
         ("an imported patch model", patch_model),
         ("onnxruntime or onnx not installed", not available()),
     ) if hit]
