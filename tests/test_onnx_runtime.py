@@ -191,6 +191,7 @@ def test_detect_job_on_onnxruntime_equals_tensorflow_and_never_starts_it(tmp_pat
         with rasterio.open(tmp_path / "tf" / f"{q}.tif") as a, rasterio.open(tmp_path / "ort" / f"{q}.tif") as b:
             _same(a.read(1), b.read(1))
             assert a.tags()["DEVICE"] == b.tags()["DEVICE"] == "CPU"
+            assert (a.tags()["RUNTIME"], b.tags()["RUNTIME"]) == ("tensorflow", "onnxruntime")
         ca, cb = pd.read_csv(tmp_path / "tf" / f"{q}.csv"), pd.read_csv(tmp_path / "ort" / f"{q}.csv")
         assert len(ca) > 0 or q == "se"
         pd.testing.assert_frame_equal(ca, cb, atol=2e-6)

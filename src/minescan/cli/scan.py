@@ -114,7 +114,7 @@ def cmd_detect(args) -> int:
             run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale,
                        args.threshold, args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
-                       impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label},
+                       impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label, "RUNTIME": runtime},
                        patch_stride=args.patch_stride, patch_method=args.patch_inference, pyramid=pyramid,
                        stats=InferenceStats(), clock=clock)
     clock.log()
