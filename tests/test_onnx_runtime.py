@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import save_test_model
 from test_inference import (  # noqa: F401 - models, scene_tile: fixtures
     RECTS,
     _image,
@@ -216,3 +217,29 @@ def test_impact_model_rated_by_onnxruntime_in_classify(tmp_path, scene_tile, mod
     pd.testing.assert_frame_equal(a, b, atol=2e-6)
     ort = load_model(impact.path, runtime="onnxruntime")
     assert ort.network.runtime == "onnxruntime" and (impact.path / MODEL_FILE).exists()
+
+
+def test_a_network_it_cannot_convert_runs_on_tensorflow_under_auto(tmp_path, scene_tile, models, caplog):  # noqa: F811
+    """An ensemble (Average of two FCNs, like models/amazon-rgb48) is not a chain: `auto` logs why and runs
+    it on TensorFlow; `onnxruntime` asked for stops with one line naming the model file."""
+    import keras
+    from shapely.geometry import box, mapping
+
+    from minescan.cli import run
+    from minescan.grid import to_crs
+
+    t, path = scene_tile
+    fcn = models[0].network
+    inp = keras.Input((None, None, 12))
+    ens = keras.Model(inp, keras.layers.Average()([fcn(inp), fcn(inp)]))
+    d = save_test_model(tmp_path / "ens", "discovery", ens)
+    region = tmp_path / "region.geojson"
+    region.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                      "geometry": mapping(to_crs(box(*t.core_bounds), t.id.epsg, 4326))}]}))
+    argv = ["detect", "--tile", t.name, "--quadrant", "NW", "--tile-path", str(path), "--model", str(d),
+            "--region", str(region), "--tile-px", str(t.grid.tile_px), "--halo-px", str(t.grid.halo_px),
+            "--prob-out", str(tmp_path / "p.tif"), "--candidates-out", str(tmp_path / "c.csv")]
+    with caplog.at_level("INFO"):
+        assert run([*argv, "--runtime", "auto"]) == 0
+    assert "running on TensorFlow" in caplog.text and "single chain" in caplog.text
+    assert run([*argv, "--runtime", "onnxruntime"]) == 2
