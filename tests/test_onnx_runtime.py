@@ -102,6 +102,12 @@ def test_what_it_cannot_convert_is_refused(tmp_path):
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
     with pytest.raises(Unsupported, match="not a readable"):
         read_chain(tmp_path / "junk.keras")
+    good = _saved(tmp_path, nets["leaky"], "good")
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tmp_path / "bad_h5.keras", "w") as zout:
+        for item in zin.namelist():
+            zout.writestr(item, b"not hdf5" if item == "model.weights.h5" else zin.read(item))
+    with pytest.raises(Unsupported, match="weights not readable"):
+        read_chain(tmp_path / "bad_h5.keras")
 
 
 def test_weights_that_do_not_fit_the_config_are_refused():

@@ -124,13 +124,25 @@ def read_chain(model_file: str | Path) -> Chain:
     conf = config.get("config", {})
     if not config_is_chain(conf):
         raise Unsupported(f"{model_file}: the layers do not form a single chain")
-    shape = conf["layers"][0]["config"].get("batch_shape") or conf["layers"][0]["config"].get("batch_input_shape")
+    first = conf["layers"][0].get("config") or {}
+    shape = first.get("batch_shape") or first.get("batch_input_shape")
     if not shape or shape[-1] is None:
         raise Unsupported(f"{model_file}: input channels unknown")
+    try:
+        chain = Chain(int(shape[-1]), _layers_with_weights(conf["layers"][1:], h5py.File(io.BytesIO(weights), "r"),
+                                                           model_file))
+        _check_weights(chain, model_file)
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # h5py/json surprises: a file we cannot read
+        raise Unsupported(f"{model_file}: weights not readable as Keras' layout ({exc})") from exc
+    return chain
+
+
+def _layers_with_weights(entries: list[dict], h5, model_file) -> list[Layer]:
+    """The layers of a saved chain, each with its variables from the weights file ``h5`` (closed after)."""
     seen: dict[str, int] = {}
     layers: list[Layer] = []
-    with h5py.File(io.BytesIO(weights), "r") as h5:
-        for entry in conf["layers"][1:]:
+    with h5:
+        for entry in entries:
             layer = Layer(entry["class_name"], entry.get("config", {}))
             group = WEIGHT_GROUPS.get(layer.kind)
             if group is not None:
@@ -141,9 +153,7 @@ def read_chain(model_file: str | Path) -> Chain:
                     raise Unsupported(f"{model_file}: no weights {key} for layer {layer.name}")
                 layer.weights = [np.asarray(h5[key][str(i)], dtype=np.float32) for i in range(len(h5[key]))]
             layers.append(layer)
-    chain = Chain(int(shape[-1]), layers)
-    _check_weights(chain, model_file)
-    return chain
+    return layers
 
 
 def _check_weights(chain: Chain, source) -> None:
@@ -209,7 +219,7 @@ class _Graph:
 
     def activation(self, name, where: str) -> None:
         name = name or "linear"
-        if name not in ACTIVATIONS:
+        if not isinstance(name, str) or name not in ACTIVATIONS:
             raise Unsupported(f"activation {name!r} of {where}")
         if ACTIVATIONS[name] == "Softmax":
             self.add("Softmax", axis=1 if self.layout in ("NCHW", "flat") else -1)
