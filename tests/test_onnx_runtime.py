@@ -226,8 +226,8 @@ def test_impact_model_rated_by_onnxruntime_in_classify(tmp_path, scene_tile, mod
 
 
 def test_a_network_it_cannot_convert_runs_on_tensorflow_under_auto(tmp_path, scene_tile, models, caplog):  # noqa: F811
-    """An ensemble (Average of two FCNs, like models/amazon-rgb48) is not a chain: `auto` logs why and runs
-    it on TensorFlow; `onnxruntime` asked for stops with one line naming the model file."""
+    """A network that is neither a chain nor an average of distinct chains (here one FCN used twice, its
+    layers shared): `auto` logs why and runs it on TensorFlow; `onnxruntime` asked for stops with one line."""
     import keras
     from shapely.geometry import box, mapping
 
@@ -249,3 +249,23 @@ def test_a_network_it_cannot_convert_runs_on_tensorflow_under_auto(tmp_path, sce
         assert run([*argv, "--runtime", "auto"]) == 0
     assert "running on TensorFlow" in caplog.text and "single chain" in caplog.text
     assert run([*argv, "--runtime", "onnxruntime"]) == 2
+
+
+@pytest.mark.parametrize("name", ["amazon-rgb48", "amazon-rgb48-v2"])
+def test_shipped_ensembles_run_on_onnxruntime_as_on_keras(name):
+    """The shipped real-data models are averages of two FCNs (minescan train-chips): converted as an ONNX Mean
+    of the member chains, they score like Keras, on chips and over a scan's cells (block method)."""
+    from conftest import ROOT
+
+    path = ROOT / "models" / name
+    keras_model, ort_model = load_model(path), load_model(path, runtime="onnxruntime")
+    assert len(ort_model.network.chain.members) == 2
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 81, 108, 3), dtype=np.float32)
+    a, b = np.asarray(keras_model.network.predict_on_batch(x)), ort_model.network.predict_on_batch(x)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
+    g, img, norm = FcnGeometry(keras_model.window), _image()[..., :3], _norm(bands=3)
+    kx, ky = range(14, 24), range(12, 20)
+    k = predict_cells(keras_model.network, g, _reader(img), norm, kx, ky, block_cells=4)
+    o = predict_cells(ort_model.network, g, _reader(img), norm, kx, ky, block_cells=4)
+    _same(o, k)

@@ -15,7 +15,8 @@ detect and classify jobs can run them with ONNX Runtime instead (``detect.runtim
   NHWC in and out like the Keras network: Conv2D (stride 1, no dilation or groups; 'same' as ONNX
   ``SAME_UPPER``, TensorFlow's convention), MaxPooling2D / AveragePooling2D, Flatten (in Keras' NHWC
   order), Dense on flat input, activations relu / linear / softmax / sigmoid / tanh, and the layers that
-  are the identity at inference (Dropout and kin). Anything else: :class:`Unsupported`.
+  are the identity at inference (Dropout and kin); an ensemble ``input -> [chains] -> Average`` becomes
+  the members' chains and an ONNX ``Mean``. Anything else: :class:`Unsupported`.
 * :class:`OrtNetwork` runs a graph in an ONNX Runtime CPU session (``predict_on_batch`` like a Keras
   model, so the impact CNN's callers need no change), :func:`ort_stream_net` builds the row-streamed
   stages of the discovery FCN (:mod:`minescan.scan.inference`) from the same layers.
@@ -66,8 +67,15 @@ class Layer:
 
 @dataclass
 class Chain:
+    """A chain of layers, or (``members`` set, ``layers`` empty) the average of several chains on the same
+    input: the ensembles ``minescan train-chips`` writes (``Average`` of member FCNs)."""
+
     in_channels: int
     layers: list[Layer]
+    members: list[Chain] = field(default_factory=list)
+
+    def all_layers(self) -> list[Layer]:
+        return [la for m in self.members for la in m.layers] if self.members else self.layers
 
 
 def available() -> bool:
@@ -122,37 +130,65 @@ def read_chain(model_file: str | Path) -> Chain:
     if config.get("class_name") not in ("Functional", "Sequential"):
         raise Unsupported(f"{model_file}: a {config.get('class_name')} model, not a Functional/Sequential chain")
     conf = config.get("config", {})
-    if not config_is_chain(conf):
-        raise Unsupported(f"{model_file}: the layers do not form a single chain")
+    members = [] if config_is_chain(conf) else _ensemble_members(conf)
+    if members is None:
+        raise Unsupported(f"{model_file}: the layers do not form a single chain (nor an average of chains)")
     first = conf["layers"][0].get("config") or {}
     shape = first.get("batch_shape") or first.get("batch_input_shape")
     if not shape or shape[-1] is None:
         raise Unsupported(f"{model_file}: input channels unknown")
     try:
-        chain = Chain(int(shape[-1]), _layers_with_weights(conf["layers"][1:], h5py.File(io.BytesIO(weights), "r"),
-                                                           model_file))
-        _check_weights(chain, model_file)
+        with h5py.File(io.BytesIO(weights), "r") as h5:
+            if not members:
+                chain = Chain(int(shape[-1]), _layers_with_weights(conf["layers"][1:], h5, "", model_file))
+            else:
+                chain = Chain(int(shape[-1]), [], [Chain(int(shape[-1]), _layers_with_weights(
+                    sub["layers"][1:], h5, prefix, model_file)) for prefix, sub in members])
+        for c in chain.members or [chain]:
+            _check_weights(c, model_file)
     except (OSError, KeyError, ValueError, TypeError) as exc:  # h5py/json surprises: a file we cannot read
         raise Unsupported(f"{model_file}: weights not readable as Keras' layout ({exc})") from exc
     return chain
 
 
-def _layers_with_weights(entries: list[dict], h5, model_file) -> list[Layer]:
-    """The layers of a saved chain, each with its variables from the weights file ``h5`` (closed after)."""
+def _ensemble_members(conf: dict) -> list[tuple[str, dict]] | None:
+    """(weights prefix, config) of each member if the model is input -> [chain models] -> Average, else None."""
+    layers = conf.get("layers") or []
+    if len(layers) < 3 or layers[0].get("class_name") != "InputLayer" or layers[-1].get("class_name") != "Average":
+        return None
+    inner = layers[1:-1]
+    if _inbound(layers[-1].get("inbound_nodes", [])) != [la.get("name") for la in inner]:
+        return None
+    seen: dict[str, int] = {}
+    out = []
+    for la in inner:
+        group = {"Functional": "functional", "Sequential": "sequential"}.get(la.get("class_name"))
+        if group is None or _inbound(la.get("inbound_nodes", [])) != [layers[0].get("name")]:
+            return None
+        if not config_is_chain(la.get("config", {})):
+            return None
+        n = seen.get(group, -1) + 1
+        seen[group] = n
+        out.append((f"layers/{group}{'' if n == 0 else f'_{n}'}/", la["config"]))
+    return out
+
+
+def _layers_with_weights(entries: list[dict], h5, prefix: str, model_file) -> list[Layer]:
+    """The layers of a saved chain, each with its variables from the weights file ``h5`` (under ``prefix``
+    for an ensemble's member)."""
     seen: dict[str, int] = {}
     layers: list[Layer] = []
-    with h5:
-        for entry in entries:
-            layer = Layer(entry["class_name"], entry.get("config", {}))
-            group = WEIGHT_GROUPS.get(layer.kind)
-            if group is not None:
-                n = seen.get(group, -1) + 1
-                seen[group] = n
-                key = f"layers/{group}{'' if n == 0 else f'_{n}'}/vars"
-                if key not in h5:
-                    raise Unsupported(f"{model_file}: no weights {key} for layer {layer.name}")
-                layer.weights = [np.asarray(h5[key][str(i)], dtype=np.float32) for i in range(len(h5[key]))]
-            layers.append(layer)
+    for entry in entries:
+        layer = Layer(entry["class_name"], entry.get("config", {}))
+        group = WEIGHT_GROUPS.get(layer.kind)
+        if group is not None:
+            n = seen.get(group, -1) + 1
+            seen[group] = n
+            key = f"{prefix}layers/{group}{'' if n == 0 else f'_{n}'}/vars"
+            if key not in h5:
+                raise Unsupported(f"{model_file}: no weights {key} for layer {layer.name}")
+            layer.weights = [np.asarray(h5[key][str(i)], dtype=np.float32) for i in range(len(h5[key]))]
+        layers.append(layer)
     return layers
 
 
@@ -315,11 +351,27 @@ def _layer(g: _Graph, la: Layer) -> None:
         raise Unsupported(f"layer {la.name} ({la.kind})")
 
 
-def onnx_graph(layers: list[Layer], in_channels: int, name: str = "network") -> bytes:
-    """A serialized ONNX model computing ``layers`` (NHWC in, NHWC or flat out)."""
+def onnx_graph(layers: list[Layer], in_channels: int, name: str = "network", members: list[Chain] | None = None) -> bytes:
+    """A serialized ONNX model computing ``layers`` (NHWC in, NHWC or flat out), or the mean of the
+    ``members`` chains."""
     g = _Graph(in_channels)
-    for la in layers:
-        _layer(g, la)
+    if not members:
+        for la in layers:
+            _layer(g, la)
+        return g.model(name)
+    outs, layout = [], None
+    for m in members:
+        g.last, g.layout = "x", "NHWC"
+        for la in m.layers:
+            _layer(g, la)
+        if g.layout == "NCHW":
+            g.to("NHWC")
+        if layout not in (None, g.layout):
+            raise Unsupported("ensemble members with different output layouts")
+        layout = g.layout
+        outs.append(g.last)
+    g.last = outs[0]
+    g.add("Mean", *outs[1:])
     return g.model(name)
 
 
@@ -351,7 +403,7 @@ class OrtNetwork:
         self.chain, self.name, self.threads = chain, name, threads
         self._session = None
         out = self.in_channels
-        for la in chain.layers:
+        for la in (chain.members[0].layers if chain.members else chain.layers):
             out = la.config.get("filters") or la.config.get("units") or out
         self.input_shape = (None, None, None, chain.in_channels)
         self.output_shape = (None, None, None, int(out))
@@ -361,11 +413,12 @@ class OrtNetwork:
         return self.chain.in_channels
 
     def get_weights(self) -> list[np.ndarray]:
-        return [w for la in self.chain.layers for w in la.weights]
+        return [w for la in self.chain.all_layers() for w in la.weights]
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
-            self._session = session(onnx_graph(self.chain.layers, self.in_channels, self.name), self.threads)
+            self._session = session(onnx_graph(self.chain.layers, self.in_channels, self.name, self.chain.members),
+                                    self.threads)
         return self._session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def __call__(self, x, training: bool = False) -> np.ndarray:
@@ -377,7 +430,7 @@ def load_network(model_file: str | Path, name: str, threads: int | None = None) 
     graph is built and checked here, so an unsupported layer is found before any work)."""
     chain = read_chain(model_file)
     net = OrtNetwork(chain, name, threads)
-    onnx_graph(chain.layers, chain.in_channels, name)  # raises Unsupported now rather than mid-scan
+    onnx_graph(chain.layers, chain.in_channels, name, chain.members)  # raises Unsupported now, not mid-scan
     return net
 
 
