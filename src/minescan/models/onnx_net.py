@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minescan.scan.inference import as_pair, is_pool_config, is_same_conv_config, tail_reach_config
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "tensorflow", "onnxruntime")
@@ -200,7 +202,7 @@ def _check_weights(chain: Chain, source) -> None:
     for la in chain.layers:
         cfg = la.config
         if la.kind == "Conv2D":
-            kh, kw = _pair(cfg["kernel_size"])
+            kh, kw = as_pair(cfg["kernel_size"])
             expect = [(kh, kw, c, int(cfg["filters"]))]
             c = int(cfg["filters"])
         elif la.kind == "Dense":
@@ -277,13 +279,9 @@ class _Graph:
         return model.SerializeToString()
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _conv(g: _Graph, la: Layer, pads: list[int] | None = None, gain: np.ndarray | None = None) -> None:
     cfg = la.config
-    if (_pair(cfg.get("strides", 1)) != (1, 1) or _pair(cfg.get("dilation_rate", 1)) != (1, 1)
+    if (as_pair(cfg.get("strides", 1)) != (1, 1) or as_pair(cfg.get("dilation_rate", 1)) != (1, 1)
             or cfg.get("groups", 1) != 1 or cfg.get("data_format", "channels_last") != "channels_last"):
         raise Unsupported(f"layer {la.name}: strides, dilation, groups or data format")
     kernel = la.weights[0]
@@ -315,8 +313,8 @@ def _layer(g: _Graph, la: Layer) -> None:
         if cfg.get("data_format", "channels_last") != "channels_last":
             raise Unsupported(f"layer {la.name}: data format")
         g.to("NCHW")
-        pool = _pair(cfg["pool_size"])
-        strides = _pair(cfg.get("strides") or pool)
+        pool = as_pair(cfg["pool_size"])
+        strides = as_pair(cfg.get("strides") or pool)
         attrs: dict = {"kernel_shape": list(pool), "strides": list(strides)}
         if cfg.get("padding") == "same":
             attrs["auto_pad"] = "SAME_UPPER"
@@ -401,6 +399,8 @@ class OrtNetwork:
 
     def __init__(self, chain: Chain, name: str, threads: int | None = None):
         self.chain, self.name, self.threads = chain, name, threads
+        # built here, so a layer that does not convert is found at load, not mid-scan (Unsupported)
+        self.graph = onnx_graph(chain.layers, chain.in_channels, name, chain.members)
         self._session = None
         out = self.in_channels
         for la in (chain.members[0].layers if chain.members else chain.layers):
@@ -417,8 +417,7 @@ class OrtNetwork:
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
-            self._session = session(onnx_graph(self.chain.layers, self.in_channels, self.name, self.chain.members),
-                                    self.threads)
+            self._session = session(self.graph, self.threads)
         return self._session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def __call__(self, x, training: bool = False) -> np.ndarray:
@@ -428,10 +427,7 @@ class OrtNetwork:
 def load_network(model_file: str | Path, name: str, threads: int | None = None) -> OrtNetwork:
     """The network in ``model_file`` for ONNX Runtime; :class:`Unsupported` if it cannot be converted (the
     graph is built and checked here, so an unsupported layer is found before any work)."""
-    chain = read_chain(model_file)
-    net = OrtNetwork(chain, name, threads)
-    onnx_graph(chain.layers, chain.in_channels, name, chain.members)  # raises Unsupported now, not mid-scan
-    return net
+    return OrtNetwork(read_chain(model_file), name, threads)
 
 
 # ------------------------------------------------------------------------------------------ the stream
@@ -448,8 +444,6 @@ def stream_stage_graph(conv: Layer, pool: Layer, in_channels: int, gain: np.ndar
 def ort_stream_parts(net: OrtNetwork, gain: np.ndarray | None, threads: int | None = None):
     """(stage runs, tail run) for the streamed FCN, or None if its layers are not [same conv -> pool]+
     followed by 'valid'/pointwise layers; the structure rules are :mod:`minescan.scan.inference`'s."""
-    from minescan.scan.inference import is_pool_config, is_same_conv_config, tail_reach_config
-
     layers = net.chain.layers
     stages = []
     i, channels = 0, net.in_channels
@@ -457,7 +451,7 @@ def ort_stream_parts(net: OrtNetwork, gain: np.ndarray | None, threads: int | No
            and is_pool_config(layers[i + 1].kind, layers[i + 1].config)):
         conv, pool = layers[i], layers[i + 1]
         sess = session(stream_stage_graph(conv, pool, channels, gain if not stages else None), threads)
-        stages.append((_runner(sess), int(conv.config["kernel_size"][0]) // 2, _pair(pool.config["pool_size"])[0],
+        stages.append((_runner(sess), int(conv.config["kernel_size"][0]) // 2, as_pair(pool.config["pool_size"])[0],
                        int(conv.config["filters"])))
         channels = int(conv.config["filters"])
         i += 2
@@ -466,7 +460,7 @@ def ort_stream_parts(net: OrtNetwork, gain: np.ndarray | None, threads: int | No
     reach = 0
     for la in layers[i:]:
         r = tail_reach_config(la.kind, la.config)
-        if r is None or la.kind not in ("Conv2D", "Activation", "ReLU", "Softmax", *IDENTITY_LAYERS):
+        if r is None:  # every layer converts: load_network built the whole graph
             return None
         reach += r
     tail = session(onnx_graph(layers[i:], channels, "tail"), threads)

@@ -188,23 +188,24 @@ def _chain_layers(network) -> list | None:
     return layers if config_is_chain(conf) else None
 
 
-def _pair(v) -> tuple[int, ...]:
+def as_pair(v) -> tuple[int, ...]:
+    """A Keras size setting (``3`` or ``[3, 3]``) as a tuple of ints."""
     return (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
 
 
 def is_same_conv_config(kind: str, cfg: dict) -> bool:
     """A Conv2D (Keras class name and config) the stream can split into row strips: 'same', stride 1, odd
     kernel, channels last."""
-    return (kind == "Conv2D" and cfg.get("padding") == "same" and _pair(cfg.get("strides", 1)) == (1, 1)
-            and _pair(cfg.get("dilation_rate", 1)) == (1, 1) and cfg.get("data_format", "channels_last") == "channels_last"
-            and all(k % 2 == 1 for k in _pair(cfg["kernel_size"])) and cfg.get("groups", 1) == 1)
+    return (kind == "Conv2D" and cfg.get("padding") == "same" and as_pair(cfg.get("strides", 1)) == (1, 1)
+            and as_pair(cfg.get("dilation_rate", 1)) == (1, 1) and cfg.get("data_format", "channels_last") == "channels_last"
+            and all(k % 2 == 1 for k in as_pair(cfg["kernel_size"])) and cfg.get("groups", 1) == 1)
 
 
 def is_pool_config(kind: str, cfg: dict) -> bool:
     """A square, non-overlapping 'valid' pool."""
-    pool = _pair(cfg.get("pool_size", 2))
+    pool = as_pair(cfg.get("pool_size", 2))
     return (kind in ("MaxPooling2D", "AveragePooling2D") and cfg.get("padding", "valid") == "valid"
-            and _pair(cfg.get("strides") or pool) == pool and pool[0] == pool[1]
+            and as_pair(cfg.get("strides") or pool) == pool and pool[0] == pool[1]
             and cfg.get("data_format", "channels_last") == "channels_last")
 
 
@@ -215,9 +216,9 @@ TAIL_POINTWISE = ("Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropo
 def tail_reach_config(kind: str, cfg: dict) -> int | None:
     """Rows a tail layer removes (kernel - 1 for a 'valid' conv, 0 for pointwise layers); None: unsupported."""
     if kind == "Conv2D":
-        kernel = _pair(cfg["kernel_size"])
-        ok = ((cfg.get("padding") == "valid" or kernel == (1, 1)) and _pair(cfg.get("strides", 1)) == (1, 1)
-              and _pair(cfg.get("dilation_rate", 1)) == (1, 1)
+        kernel = as_pair(cfg["kernel_size"])
+        ok = ((cfg.get("padding") == "valid" or kernel == (1, 1)) and as_pair(cfg.get("strides", 1)) == (1, 1)
+              and as_pair(cfg.get("dilation_rate", 1)) == (1, 1)
               and cfg.get("data_format", "channels_last") == "channels_last")
         return kernel[0] - 1 if ok else None
     return 0 if kind in TAIL_POINTWISE else None
@@ -611,13 +612,13 @@ def fcn_flops(network, height: int, width: int) -> float:
     total = 0.0
     for kind, cfg in layer_configs(network):
         if kind == "Conv2D":
-            kh, kw = _pair(cfg["kernel_size"])
-            h, w = _output_size(h, w, (kh, kw), _pair(cfg.get("strides", 1)), cfg.get("padding", "valid"))
+            kh, kw = as_pair(cfg["kernel_size"])
+            h, w = _output_size(h, w, (kh, kw), as_pair(cfg.get("strides", 1)), cfg.get("padding", "valid"))
             total += 2.0 * kh * kw * c * cfg["filters"] * h * w
             c = int(cfg["filters"])
         elif kind in ("MaxPooling2D", "AveragePooling2D"):
-            pool = _pair(cfg.get("pool_size", 2))
-            h, w = _output_size(h, w, pool, _pair(cfg.get("strides") or pool), cfg.get("padding", "valid"))
+            pool = as_pair(cfg.get("pool_size", 2))
+            h, w = _output_size(h, w, pool, as_pair(cfg.get("strides") or pool), cfg.get("padding", "valid"))
         elif kind == "Flatten":
             c, h, w = c * h * w, 1, 1
         elif kind == "Dense":
