@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -80,10 +79,9 @@ def gdal_cache_bytes(raster: TileRaster, width_px: int) -> int:
 
 def decode_threads() -> int:
     """Threads GDAL may use to decode the tile's blocks (those this process may run on)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    from minescan.scan.device import cpu_threads
+
+    return cpu_threads()
 
 
 def open_tile(tile_path, tile: Tile) -> TileRaster:
