@@ -20,9 +20,12 @@ process (wall time, peak RSS from ``wait4``); the 1-minute load average is print
 3. **tile per process** (``detect.quadrants_per_job: tile``): the tile's 4 quadrants in one detect process
    against 4 detect processes (ONNX Runtime), and in one TensorFlow process; the probability rasters must be
    byte-identical between tile and quadrant processes (else exit 1);
-4. **bfloat16 job** (``--precision bfloat16``): largest probability difference to the float32 job and the
-   candidates compared;
-5. **tile compression**: the tile copied as DEFLATE + predictor 2 (GDAL default level), ZSTD + predictor 2
+4. **bfloat16 job** (``--precision bfloat16``, TensorFlow): largest probability difference to the float32 job
+   and the candidates compared;
+5. **OpenVINO** (``detect.runtime: openvino``; whole strips, in bfloat16 where the CPU has the units, else
+   float32): the stream from memory in the floor child, one quadrant per process and a tile per process,
+   the probability difference to the float32 job, the candidates compared, and the targets again;
+6. **tile compression**: the tile copied as DEFLATE + predictor 2 (GDAL default level), ZSTD + predictor 2
    (level 1), LZW + predictor 2 and uncompressed; size, and the time to read and decode quadrant NW's span
    in full-width strips as the job does, with 1 and 2 GDAL decode threads.
 
@@ -33,6 +36,7 @@ exit 1).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -126,6 +130,19 @@ def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy:
             res[f"ort_stream{i}_s"] = time.perf_counter() - t
             res[f"ort_stream{i}_network_s"] = st.compute_s
         res["ort_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ort_stream - stream)))
+    if importlib.util.find_spec("openvino") is not None:  # whole strips on OpenVINO, in this precision
+        from minescan.models.onnx_net import load_network
+
+        ov_net = load_network(Path(fcn) / "model.keras", "fcn", runtime="openvino")
+        with compute_precision(precision):
+            for i in range(2):
+                st = InferenceStats()
+                t = time.perf_counter()
+                ov_stream = predict_cells(ov_net, g, read, norm, kx, ky, stats=st)
+                res[f"ov_stream{i}_s"] = time.perf_counter() - t
+                res[f"ov_stream{i}_network_s"] = st.compute_s
+        res["ov_strip_cells"] = st.chunk_cells
+        res["ov_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ov_stream - stream)))
     held.clear()
     # the whole span in one forward pass
     valid = np.all(raw != 0, axis=-1)
@@ -303,6 +320,10 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
             note(f"{prec}: streamed network from memory on ONNX Runtime, warm",
                  f"network {f['ort_stream1_network_s']:.2f} s, wall {f['ort_stream1_s']:.2f} s (first run: network "
                  f"{f['ort_stream0_network_s']:.2f} s); max |diff| to TensorFlow's {f['ort_vs_tf_stream_max_diff']:.1e}")
+        if "ov_stream1_s" in f:
+            note(f"{prec}: whole strips from memory on OpenVINO ({f['ov_strip_cells']} cells), warm",
+                 f"network {f['ov_stream1_network_s']:.2f} s, wall {f['ov_stream1_s']:.2f} s (first run: network "
+                 f"{f['ov_stream0_network_s']:.2f} s); max |diff| to TensorFlow's stream {f['ov_vs_tf_stream_max_diff']:.1e}")
     floor = floors["float32"]["warm_s"]
     flops = floors["float32"]["flops"]
     res["floors"] = floors
@@ -371,6 +392,31 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
              f"detect process {jb['detect_s']:.2f} s; max |prob diff| {b['max_diff']:.4f}; candidates "
              f"{b['candidates_bf16']} vs {b['candidates_f32']}, {b['common']} in common")
 
+    # OpenVINO: bfloat16 where the CPU has the units (detect.runtime auto takes it for detect.precision
+    # bfloat16), else float32; one quadrant per process and a tile per process
+    if importlib.util.find_spec("openvino") is not None:
+        prec = "bfloat16" if bf16 else "float32"
+        bq.say(f"quadrant job and tile per process on OpenVINO, {prec} ...")
+        ov_args = ("--runtime", "openvino", "--precision", prec)
+        jo = detect(work, tile_path, tile_px, ["NW"], "ovq", threshold, *ov_args)
+        to = detect(work, tile_path, tile_px, list(QUADRANTS), "ovt", threshold, *ov_args)
+        go = read_grid(jo["outs"][0] / "probability.tif")
+        c32, co = candidates(job["outs"][0] / "candidates.csv"), candidates(jo["outs"][0] / "candidates.csv")
+        ov_identical = all((work / f"ovq_{q}" / "probability.tif").read_bytes()
+                           == (work / f"ovt_{q}" / "probability.tif").read_bytes() for q in QUADRANTS[:1])
+        res["ov"] = {"precision": prec, "job": {k: v for k, v in jo.items() if k != "outs"},
+                     "tile": {k: v for k, v in to.items() if k != "outs"}, "max_diff": float(np.nanmax(np.abs(go - grid))),
+                     "nan_equal": bool(np.array_equal(np.isnan(go), np.isnan(grid))), "candidates_f32": len(c32),
+                     "candidates": len(co), "common": len(c32 & co), "tile_identical": ov_identical}
+        o = res["ov"]
+        note(f"quadrant job on OpenVINO, {prec}", f"detect process {jo['detect_s']:.2f} s (network "
+             f"{jo['timing']['network']:.2f} s, peak RSS {jo['detect_rss_mb']:.0f} MB) + classify {jo['classify_s']:.2f} s;"
+             f" max |prob diff| to the float32 job {o['max_diff']:.4f}; candidates {o['candidates']} vs "
+             f"{o['candidates_f32']}, {o['common']} in common")
+        note(f"4 quadrants in 1 detect (+4 classify) processes, OpenVINO {prec}",
+             f"{to['wall_s']:.2f} s = {to['wall_s'] / 4:.2f} s per quadrant (detect {to['detect_s']:.2f} s, peak RSS "
+             f"{to['detect_rss_mb']:.0f} MB); NW byte-identical to its own process: {ov_identical}")
+
     # tile compression
     if not args.skip_compression:
         import rasterio
@@ -405,6 +451,11 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     from minescan.scan.device import PRECISION_TOLERANCE
 
     bf16_diff = max(res.get("bf16_floor_max_diff", 0.0), res.get("bf16_job", {}).get("max_diff", 0.0))
+    if "ov" in res:
+        o = res["ov"]
+        bf16_diff = max(bf16_diff, o["max_diff"]) if o["precision"] == "bfloat16" else bf16_diff
+        diff = max(diff, o["max_diff"]) if o["precision"] == "float32" else diff
+        same_nan, identical = same_nan and o["nan_equal"], identical and o["tile_identical"]
     if not (diff <= 1e-5 and same_nan and identical and bf16_diff <= PRECISION_TOLERANCE["bfloat16"]):
         raise SystemExit(f"FAIL: job vs floor max |diff| {diff:.2e}, NaN equal {same_nan}; tile mode identical "
                          f"{identical}; bfloat16 max |diff| {bf16_diff:.4f} (tolerance "
@@ -427,11 +478,15 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
     line("streamed network fp32 from memory, warm (network time)", f32["stream1_network_s"])
     if "ort_stream1_network_s" in f32:
         line("streamed network fp32 from memory on ONNX Runtime, warm (network time)", f32["ort_stream1_network_s"])
+    if "ov_stream1_network_s" in f32:
+        line("whole strips fp32 from memory on OpenVINO, warm (network time)", f32["ov_stream1_network_s"])
     if "bfloat16" in res["floors"]:
         b = res["floors"]["bfloat16"]
         line("floor bf16: whole span, warm (best of 3)", b["warm_s"])
         line("floor bf16: whole span, first call", b["first_s"])
         line("streamed network bf16 from memory, warm (network time)", b["stream1_network_s"])
+        if "ov_stream1_network_s" in b:
+            line("whole strips bf16 from memory on OpenVINO, warm (network time)", b["ov_stream1_network_s"])
     jtf, t, ttf = res["job_tf"], res["tile_mode"], res["tile_mode_tf"]
     line("quadrant job, ONNX Runtime: work (the quadrant's phases of detect)", work_s)
     line("quadrant job, ONNX Runtime: detect process", job["detect_s"])
@@ -442,12 +497,21 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
          t["one_process_s"] / 4)
     line("tile per process, TensorFlow: per quadrant", ttf["one_process_s"] / 4)
     line("quadrant per process, ONNX Runtime: per quadrant (4 detect + 4 classify / 4)", t["four_processes_s"] / 4)
+    ov = res.get("ov")
+    if ov:
+        line(f"**quadrant job, OpenVINO {ov['precision']}: detect + classify processes**", ov["job"]["wall_s"])
+        line(f"**tile per process, OpenVINO {ov['precision']}: per quadrant**", ov["tile"]["wall_s"] / 4)
     print("\nbreakdown of the detect process (s): one quadrant / a tile's 4 quadrants in one process, on ONNX "
           "Runtime and on TensorFlow:")
     cols = [(job["timing"], job["exit_s"], job["classify_s"]),
             (t["timing"], t["exit_s"], t["one_process_s"] - t["timing"]["total"] - t["exit_s"]),
             (jtf["timing"], jtf["exit_s"], jtf["classify_s"]),
             (ttf["timing"], ttf["exit_s"], ttf["one_process_s"] - ttf["timing"]["total"] - ttf["exit_s"])]
+    heads = ["ORT 1 quadrant", "ORT tile (4)", "TF 1 quadrant", "TF tile (4)"]
+    if ov:
+        jo, to = ov["job"], ov["tile"]
+        cols += [(jo["timing"], jo["exit_s"], jo["classify_s"]), (to["timing"], to["exit_s"], to["classify_s"])]
+        heads += [f"OV {ov['precision']} 1 quadrant", f"OV {ov['precision']} tile (4)"]
     keys = ("startup", "imports", "tensorflow_import", "device", "models", "stream_build", "first_call", "network",
             "fcn_other", "impact", "checks", "candidates", "write", "other")
     names = {"startup": "interpreter + CLI imports", "imports": "scan-module imports", "tensorflow_import":
@@ -456,8 +520,8 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
              "network": "network (warm)", "fcn_other": "waiting for reads, assembling strips", "impact": "impact CNN",
              "checks": "cloud / band checks", "candidates": "candidates table", "write": "write outputs",
              "other": "other"}
-    print("| phase | ORT 1 quadrant | ORT tile (4) | TF 1 quadrant | TF tile (4) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| phase | " + " | ".join(heads) + " |")
+    print("| --- |" + " ---: |" * len(heads))
     for k in keys:
         print(f"| {names[k]} | " + " | ".join(f"{c[0].get(k, 0.0):.2f}" for c in cols) + " |")
     print("| process exit | " + " | ".join(f"{c[1]:.2f}" for c in cols) + " |")
@@ -482,6 +546,12 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
           + (" [--quick: small quadrants, fixed costs dominate]" if res["quick"] else ""))
     print(f"  on TensorFlow: 1 quadrant {jtf['wall_s'] / floor:.2f} x, tile per process "
           f"{ttf['one_process_s'] / 4 / floor:.2f} x")
+    if ov:
+        jo_s, to_s = ov["job"]["wall_s"], ov["tile"]["wall_s"] / 4
+        orss = max(ov["job"]["detect_rss_mb"], ov["tile"]["detect_rss_mb"])
+        print(f"  on OpenVINO, {ov['precision']} (detect.precision: {ov['precision']}): 1 quadrant {jo_s / floor:.2f} x "
+              f"({ok(jo_s <= 2.5 * floor)}), tile per process {to_s / floor:.2f} x ({ok(to_s <= 1.3 * floor)}), peak "
+              f"RSS {orss / 1024:.2f} GB ({ok(orss <= 2560)}); Brazil {4000 * to_s / 3600:.1f} h tile per process")
     n_q = 4000
     print(f"Brazil (~{n_q} quadrants of this size) on one such machine: {n_q * per_q_tile / 3600:.1f} h tile per "
           f"process, {n_q * t['four_processes_s'] / 4 / 3600:.1f} h quadrant per process, "

@@ -51,7 +51,7 @@ FAST_EXIT = ("detect", "classify")
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     code = run(argv)
-    if ("tensorflow" in sys.modules or "onnxruntime" in sys.modules) and any(a in FAST_EXIT for a in argv[:3]):
+    if any(m in sys.modules for m in ("tensorflow", "onnxruntime", "openvino")) and any(a in FAST_EXIT for a in argv[:3]):
         # TensorFlow's teardown at interpreter exit takes seconds (measured 0.5-4 s per detect job,
         # benchmarks/bench_floor.py), ONNX Runtime's and the rest's ~0.3 s, and nothing a finished scan
         # command needs: its outputs are written and renamed, its read-ahead threads joined. Flush and leave.

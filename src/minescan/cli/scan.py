@@ -69,7 +69,7 @@ def cmd_detect(args) -> int:
     runtime = device.detect_runtime(args.runtime, precision=args.precision, require_gpu=args.require_gpu,
                                     pyramid=bool(args.pyramid), patch_model=isinstance(card.get("patch"), dict))
     model = impact = None
-    if runtime == "onnxruntime":  # no TensorFlow in this process (minescan.models.onnx_net)
+    if runtime != "tensorflow":  # no TensorFlow in this process (minescan.models.onnx_net)
         from minescan.models.onnx_net import Unsupported
 
         with clock.phase("models"):
@@ -77,12 +77,12 @@ def cmd_detect(args) -> int:
                 model = load_model(args.model, expect_kind="discovery", runtime=runtime)
                 impact = load_model(args.impact_model, expect_kind="impact", runtime=runtime) if args.impact_model else None
             except Unsupported as exc:
-                if args.runtime == "onnxruntime":
-                    raise ConfigError(f"detect.runtime onnxruntime: {exc}") from exc
+                if args.runtime == runtime:
+                    raise ConfigError(f"detect.runtime {runtime}: {exc}") from exc
                 log.info("running on TensorFlow: %s", exc)
                 runtime, model, impact = "tensorflow", None, None
-    if runtime == "onnxruntime":
-        dev = device.cpu_device("onnxruntime")
+    if runtime != "tensorflow":
+        dev = device.cpu_device(runtime)
     else:
         with clock.phase("tensorflow_import"):
             import_keras_lean()
@@ -239,9 +239,11 @@ def register(sub) -> None:
                    "(detect.require_gpu)")
     p.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute precision of the streamed FCN (detect.precision; tolerance in docs/gpu.md)")
-    p.add_argument("--runtime", choices=["auto", "tensorflow", "onnxruntime"], default="auto",
+    p.add_argument("--runtime", choices=["auto", "tensorflow", "onnxruntime", "openvino"], default="auto",
                    help="what runs the networks (detect.runtime): onnxruntime (CPU, float32, no TensorFlow start), "
-                   "tensorflow (GPUs, reduced precision, every model), auto (onnxruntime where it can run)")
+                   "openvino (CPU, float32 or bfloat16, no TensorFlow start), tensorflow (GPUs, float16, every "
+                   "model), auto (onnxruntime for float32 and openvino for bfloat16 on CPUs with bfloat16 units, "
+                   "where they can run)")
     p.add_argument("--impact-model", default=None,
                    help="impact model directory: rate the candidates here too (saves classify a TensorFlow start)")
     p.add_argument("--impact-batch-size", type=int, default=512, help="patches per impact-CNN batch")

@@ -166,18 +166,18 @@ def read_card_of_kind(directory: str | Path, expect_kind: str | None = None) -> 
 
 
 def load_model(directory: str | Path, expect_kind: str | None = None, runtime: str = "tensorflow") -> LoadedModel:
-    """The model in ``directory``: card and network. ``runtime`` 'onnxruntime': the network is read without
-    Keras and run by ONNX Runtime (:mod:`minescan.models.onnx_net`; raises its ``Unsupported`` when the
+    """The model in ``directory``: card and network. ``runtime`` 'onnxruntime' / 'openvino': the network is
+    read without Keras and run by ONNX Runtime / OpenVINO (:mod:`minescan.models.onnx_net`; raises its ``Unsupported`` when the
     network cannot be converted)."""
     directory = Path(directory)
     card = read_card_of_kind(directory, expect_kind)
     weights = directory / MODEL_FILE
     if not weights.is_file():
         raise ModelError(f"{weights}: model weights not found")
-    if runtime == "onnxruntime":
+    if runtime in ("onnxruntime", "openvino"):
         from minescan.models.onnx_net import load_network
 
-        network = load_network(weights, str(card.get("name") or directory.name))
+        network = load_network(weights, str(card.get("name") or directory.name), runtime=runtime)
     else:
         from minescan.models.networks import _keras
 

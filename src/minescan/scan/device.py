@@ -229,30 +229,45 @@ def gpu_present(env=None) -> bool:
 
 def detect_runtime(requested: str, *, precision: str = "float32", require_gpu: bool = False,
                    pyramid: bool = False, patch_model: bool = False, env=None) -> str:
-    """'tensorflow' or 'onnxruntime' for a detect job (``detect.runtime``).
+    """'tensorflow', 'onnxruntime' or 'openvino' for a detect job (``detect.runtime``).
 
     ``auto`` takes ONNX Runtime (no TensorFlow start, ~3 s less per job; docs/performance.md) when the job
-    runs the streamed FCN in float32 on a CPU; TensorFlow for a GPU (assigned or present), reduced
-    precision, the pyramid's screen and imported patch models. ``onnxruntime`` asked
-    for where it cannot run is a :class:`DeviceError` naming the reason."""
-    from minescan.models.onnx_net import RUNTIMES, available
+    runs the FCN in float32 on a CPU, OpenVINO when it runs it in bfloat16 on a CPU that computes bfloat16
+    (AVX512_BF16 / AMX: about half the float32 time), TensorFlow for a GPU (assigned or present), float16,
+    the pyramid's screen and imported patch models (and for bfloat16 on other CPUs). ``onnxruntime`` or
+    ``openvino`` asked for where it cannot run is a :class:`DeviceError` naming the reason."""
+    from minescan.models.onnx_net import OV_PRECISIONS, RUNTIMES, available, ov_cpu_bf16
 
     if requested not in RUNTIMES:
         raise DeviceError(f"detect.runtime must be one of {', '.join(RUNTIMES)}, not {requested!r}")
     if requested == "tensorflow":
         return requested
-    blockers = [why for why, hit in (
-        (f"precision {precision} (float32 only)", precision != "float32"),
-        ("detect.require_gpu", require_gpu),
-        ("the pyramid scan", pyramid),
-        ("an imported patch model", patch_model),
-        ("onnxruntime or onnx not installed", not available()),
-    ) if hit]
-    if requested == "onnxruntime":
-        if blockers:
-            raise DeviceError(f"detect.runtime onnxruntime cannot run this job: {'; '.join(blockers)}")
+    common = (("detect.require_gpu", require_gpu), ("the pyramid scan", pyramid),
+              ("an imported patch model", patch_model))
+
+    def blockers(runtime: str) -> list[str]:
+        if runtime == "onnxruntime":
+            own = [(f"precision {precision} (float32 only)", precision != "float32"),
+                   ("onnxruntime or onnx not installed", not available("onnxruntime"))]
+        else:
+            installed = available("openvino")
+            own = [(f"precision {precision} (float32 or bfloat16 only)", precision not in OV_PRECISIONS),
+                   ("openvino or onnx not installed", not installed),
+                   ("this CPU computes no bfloat16 (AVX512_BF16 / AMX)",
+                    installed and precision == "bfloat16" and not ov_cpu_bf16())]
+        return [why for why, hit in (*common, *own) if hit]
+
+    if requested in ("onnxruntime", "openvino"):
+        why = blockers(requested)
+        if why:
+            raise DeviceError(f"detect.runtime {requested} cannot run this job: {'; '.join(why)}")
         return requested
-    return "tensorflow" if blockers or gpu_present(env) else "onnxruntime"
+    if gpu_present(env):
+        return "tensorflow"
+    for runtime in ("onnxruntime", "openvino") if precision == "float32" else ("openvino",):
+        if not blockers(runtime):
+            return runtime
+    return "tensorflow"
 
 
 def cpu_device(note: str) -> Device:

@@ -29,6 +29,14 @@ output-cell rows per strip) and the span width, not by the span height: roughly
 ``27 * rows * width * (24 * bands + 8 * conv1_width)`` bytes (~70 MB per cell row for a quadrant),
 independent of how much area is scanned.
 
+For a network loaded for OpenVINO (``detect.runtime: openvino``) the stream runs the *whole* FCN on each
+full-width strip instead (:class:`WholeNet`): each strip's exact input rows (its cells' span, overlapping
+the previous strip's by ``(1 + valid_kernel) * 27`` rows) go through one call. The overlap is computed
+twice (~16 % at the 40-cell strips it uses), but OpenVINO keeps its bfloat16, blocked layouts within the
+call, where per-stage calls convert and reorder at every boundary (measured: whole strips 1.1-1.4 s per
+quadrant in bfloat16, per-stage calls 1.8-1.9 s). The tile is still read once (the overlap is kept in
+memory), cells are final strip by strip, and ``on_rows`` works the same.
+
 ``blocks`` (fallback for other architectures, and a reference). Square blocks of ``n`` x ``n`` cells, each
 computed from its own input span: exact too, but every block recomputes a margin of ``1 + valid_kernel``
 cells, so compute is ``(n + 8)^2 / n^2`` times the necessary (1.36x at n = 48). Blocks of equal shape are
@@ -109,23 +117,28 @@ class Normalisation:
         """Per-band mean in tile units (DN)."""
         return (np.asarray(self.mean, dtype=np.float64) / self.scale).astype(np.float32)
 
-    def centre(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``z / gain`` as float32: ``min(DN, clip_max / scale) - offset``, 0 at nodata pixels.
+    def centre(self, raw: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``z / gain`` as float32: ``min(DN, clip_max / scale) - offset``, 0 at nodata pixels (into ``out``
+        when given).
 
         Returns (x, valid); valid is None when every pixel is valid (the usual case, checked cheaply)."""
-        x = np.empty(raw.shape, dtype=np.float32)
+        x = np.empty(raw.shape, dtype=np.float32) if out is None else out
         if self.clip_max is None:
             np.subtract(raw, self.offset, out=x, dtype=np.float32)  # converts uint16 in the same pass
         else:
             np.minimum(raw, np.float32(self.clip_max / self.scale), out=x, dtype=np.float32)
             x -= self.offset
-        if raw.size == 0 or not self._may_hold_nodata(raw):
-            return x, None
-        valid = self.valid(raw)
-        if valid.all():
-            return x, None
-        x *= valid[..., None]
+        valid = self.valid_or_none(raw)
+        if valid is not None:
+            x *= valid[..., None]
         return x, valid
+
+    def valid_or_none(self, raw: np.ndarray) -> np.ndarray | None:
+        """:meth:`valid`, or None when every pixel is valid (the usual case, checked cheaply)."""
+        if raw.size == 0 or not self._may_hold_nodata(raw):
+            return None
+        valid = self.valid(raw)
+        return None if valid.all() else valid
 
     def _may_hold_nodata(self, raw: np.ndarray) -> bool:
         if np.issubdtype(raw.dtype, np.integer):
@@ -282,10 +295,13 @@ class StreamNet:
     conv1_channels: int
 
     @classmethod
-    def build(cls, network, gain: np.ndarray | None = None, precision: str = "float32") -> StreamNet | None:
+    def build(cls, network, gain: np.ndarray | None = None, precision: str = "float32") -> StreamNet | WholeNet | None:
         """Stage models for ``network`` (weights copied, first kernel scaled by ``gain``); None if the
         network is not ``[Conv 'same' -> Pool]+`` followed by 'valid'/pointwise layers. ``precision``
-        other than float32: every layer but the last computes in it (Keras mixed precision)."""
+        other than float32: every layer but the last computes in it (Keras mixed precision). An OpenVINO
+        network becomes a :class:`WholeNet`."""
+        if getattr(network, "runtime", None) == "openvino":
+            return WholeNet.build(network, gain, precision)
         if getattr(network, "runtime", None) == "onnxruntime":
             return cls._build_ort(network, gain, precision)
         keras = _keras()
@@ -364,10 +380,40 @@ class StreamNet:
         return math.prod(s.pool for s in self.stages)
 
 
+@dataclass
+class WholeNet:
+    """The whole FCN as one call per full-width strip (OpenVINO; see the module docstring): ``run`` takes
+    (1, rows, width, C) centred rows (the normalisation gain is folded into its first convolution) and
+    returns the network's output."""
+
+    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    in_channels: int
+    conv1_channels: int
+    precision: str
+    # strips shorter than this recompute more overlap than they save memory (measured, bfloat16:
+    # 10 cells 1.50 s per quadrant, 20 cells 1.26-1.39 s, 40 cells 1.08-1.36 s, 80 cells 1.11 s)
+    min_cells: int = 40
+
+    @classmethod
+    def build(cls, network, gain: np.ndarray | None, precision: str) -> WholeNet:
+        from minescan.models.onnx_net import ov_whole_net
+
+        run, conv1 = ov_whole_net(network, gain, precision, network.threads)
+        return cls(run, network.in_channels, conv1, precision)
+
+    def bytes_per_input_row(self, width: int) -> float:
+        """Working memory per input row (measured with OpenVINO on the published FCN: ~135 B per px in
+        bfloat16, at 0.6-1.0 GB peak RSS for 20-40-cell strips of a quadrant): the centred input and the
+        first convolution's output, at most in float32."""
+        return width * (8.0 * self.in_channels + 4.0 * self.conv1_channels)
+
+    factor = 1
+
+
 _STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def stream_net(network, gain: np.ndarray | None = None, precision: str | None = None) -> StreamNet | None:
+def stream_net(network, gain: np.ndarray | None = None, precision: str | None = None) -> StreamNet | WholeNet | None:
     """:meth:`StreamNet.build`, cached per network, gain, precision and weights (building and tracing costs
     ~1 s). ``precision`` None: the one set by :func:`compute_precision` (float32 unless set)."""
     import hashlib
@@ -627,8 +673,11 @@ def fcn_flops(network, height: int, width: int) -> float:
     return total
 
 
-def stream_chunk_cells(net: StreamNet, width: int, max_block_mb: float) -> int:
-    """Output-cell rows per strip such that one strip's working memory stays under ``max_block_mb``."""
+def stream_chunk_cells(net: StreamNet | WholeNet, width: int, max_block_mb: float) -> int:
+    """Output-cell rows per strip such that one strip's working memory stays under ``max_block_mb``
+    (a :class:`WholeNet` takes at least its ``min_cells``)."""
+    if isinstance(net, WholeNet):
+        return max(net.min_cells, int(max_block_mb * 2**20 // (net.bytes_per_input_row(width) * STRIDE)))
     per_cell_row = net.bytes_per_input_row(width) * net.factor
     return max(1, int(max_block_mb * 2**20 // per_cell_row))
 
@@ -672,7 +721,11 @@ def predict_cells(network, geometry: FcnGeometry, read: RawReader, norm: Normali
         stats.build_s = time.perf_counter() - t
         if net is None and method == "stream":
             raise ValueError(f"network {network.name} cannot be streamed (not [Conv same -> Pool]+ -> valid layers)")
-    if net is not None:
+    if isinstance(net, WholeNet):
+        out = _predict_whole(net, geometry, read, norm, kx, ky, max_block_mb, block_cells, progress, stats,
+                             prefetch, on_rows, keep_px)
+        stats.flops = fcn_flops(network, *stats.span_px[::-1])
+    elif net is not None:
         out = _predict_stream(net, network, geometry, read, norm, kx, ky, max_block_mb, block_cells,
                               progress, stats, prefetch, on_rows, keep_px)
     else:
@@ -684,7 +737,7 @@ def predict_cells(network, geometry: FcnGeometry, read: RawReader, norm: Normali
     rate = stats.flops / stats.wall_s / 1e9 if stats.wall_s else 0.0
     log.info("FCN (%s, %d-cell %s x %d): %d x %d cells from %d x %d px in %.2f s "
              "(%.1f GFLOP, %.1f GFLOP/s; read+normalise %.2f s, network %.2f s)", stats.method,
-             stats.chunk_cells, "strips" if stats.method == "stream" else "blocks", stats.strips, len(kx), len(ky), stats.span_px[0], stats.span_px[1], stats.wall_s,
+             stats.chunk_cells, "blocks" if stats.method == "blocks" else "strips", stats.strips, len(kx), len(ky), stats.span_px[0], stats.span_px[1], stats.wall_s,
              stats.flops / 1e9, rate, stats.read_s, stats.compute_s)
     return out
 
@@ -755,6 +808,97 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
     stats.span_px = (w0, h0)
     stats.flops = fcn_flops(network, h0, w0)
     stats.read_s, stats.compute_s = clock["read_s"], clock["compute_s"]
+    return out
+
+
+READ_ROWS = 135  # rows per tile read within a whole strip (taller reads measured slower, docs/performance.md)
+
+
+def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, block_cells, progress, stats,
+                   prefetch, on_rows=None, keep_px=0):
+    """The whole network on full-width strips of ``n`` cell rows, each from its exact input rows (module
+    docstring). Two input buffers of one fixed shape (the last strip padded), reused: while the network
+    computes one strip, a thread fills the other with the overlap (copied) and the new rows (read in
+    pieces of :data:`READ_ROWS` and centred in place), so the tile is read once and no large array is
+    allocated per strip."""
+    nx, ny = len(kx), len(ky)
+    c0, c1 = geometry.input_span(kx.start, nx)
+    r0, r1 = geometry.input_span(ky.start, ny)
+    h0, w0 = r1 - r0, c1 - c0
+    n = min(block_cells or stream_chunk_cells(net, w0, max_block_mb), ny)
+    if not block_cells:  # strips of equal height: the last one is padded to the shape the network was built for
+        n = -(-ny // -(-ny // n))
+    span_rows = STRIDE * (n + 1 + geometry.valid_kernel)  # input rows of a strip of n cells
+    counts, counter = _valid_counter(geometry, nx, ny)
+    bufs = [np.empty((1, span_rows, w0, net.in_channels), np.float32) for _ in range(2 if prefetch else 1)]
+    starts = list(range(0, ny, n))
+    read_s = [0.0]
+
+    def fill(i: int, buf: np.ndarray, prev: tuple | None) -> tuple[int, int, list]:
+        """Strip i's input rows [lo, hi) of the span into ``buf``; returns (lo, hi, raw pieces read)."""
+        t = time.perf_counter()
+        lo = STRIDE * starts[i]
+        hi = lo + STRIDE * (min(n, ny - starts[i]) + 1 + geometry.valid_kernel)
+        new_from, pieces = lo, []
+        if prev is not None and prev[2] > lo:  # the overlap with the previous strip
+            pbuf, plo, phi = prev
+            buf[0, : phi - lo] = pbuf[0, lo - plo : phi - plo]
+            new_from = phi
+        for a in range(new_from, hi, READ_ROWS):
+            b = min(a + READ_ROWS, hi)
+            raw = read(c0, r0 + a, c1, r0 + b)
+            _, valid = norm.centre(raw, out=buf[0, a - lo : b - lo])
+            counter(a, b, valid)
+            if on_rows is not None:
+                pieces.append((a, raw))
+        if hi - lo < span_rows:  # the last strip: one shape for the network (the rows below reach no cell)
+            buf[0, hi - lo :] = 0
+        read_s[0] += time.perf_counter() - t
+        return lo, hi, pieces
+
+    out = np.empty((ny, nx), dtype=np.float32)
+    raws: list[tuple[int, np.ndarray]] = []  # tile values still needed by on_rows: (first span row, rows)
+
+    def raw_rows(g0: int, g1: int) -> np.ndarray:
+        parts = [r[max(g0 - r0 - s0, 0) : g1 - r0 - s0] for s0, r in raws if s0 < g1 - r0 and s0 + len(r) > g0 - r0]
+        if sum(len(q) for q in parts) != g1 - g0:
+            raise AssertionError(f"tile rows {g0}:{g1} are no longer (or not yet) in memory")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="minescan-read") if prefetch else None
+    compute_s = 0.0
+    try:
+        filled = fill(0, bufs[0], None)
+        for i, k0 in enumerate(starts):
+            h = min(n, ny - k0)
+            buf = bufs[i % len(bufs)]
+            lo, hi, pieces = filled
+            nxt = None
+            if i + 1 < len(starts):
+                args = (i + 1, bufs[(i + 1) % len(bufs)], (buf, lo, hi))
+                if pool is not None:  # reads the overlap from this strip's buffer, which the network only reads
+                    nxt = pool.submit(fill, *args)
+            t = time.perf_counter()
+            y = net.run(buf)[0, 1 : 1 + h, 1 : 1 + nx, 1]
+            compute_s += time.perf_counter() - t
+            stats.strip_compute_s.append(time.perf_counter() - t)
+            stats.strip_rows.append(hi - lo)
+            frac = counts[k0 : k0 + h] / np.float32(STRIDE * STRIDE)
+            out[k0 : k0 + h] = np.where(frac >= MIN_VALID_FRACTION, y, np.float32(np.nan))
+            if on_rows is not None:
+                keep_from = max(0, STRIDE * (k0 + 1) + geometry.offset + STRIDE // 2 - keep_px)
+                raws = [(s0, r) for s0, r in raws if s0 + len(r) > keep_from] + pieces
+                on_rows(CellRows(k0, out[k0 : k0 + h], c0, raw_rows))
+            if progress:
+                progress(i + 1, len(starts))
+            if i + 1 < len(starts):
+                filled = nxt.result() if nxt is not None else fill(*args)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    stats.method, stats.chunk_cells, stats.strips = "whole", n, len(starts)
+    stats.span_px = (w0, h0)
+    stats.read_s, stats.compute_s = read_s[0], compute_s
     return out
 
 

@@ -1,0 +1,205 @@
+"""detect.runtime openvino: the FCN as whole strips on OpenVINO (float32 and bfloat16), equal to Keras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_inference import (  # noqa: F401 - models, scene_tile: fixtures
+    RECTS,
+    _image,
+    _norm,
+    _reader,
+    _same,
+    _whole,
+    models,
+    scene_tile,
+)
+from test_onnx_runtime import _detect_cli, _saved
+
+from minescan.models.networks import STRIDE, FcnGeometry, build_discovery_fcn, build_impact_cnn
+from minescan.models.onnx_net import OvNetwork, Unsupported, available, load_network, ov_cpu_bf16
+from minescan.models.store import load_model
+from minescan.scan.device import PRECISION_TOLERANCE, DeviceError, detect_runtime
+from minescan.scan.inference import InferenceStats, WholeNet, compute_precision, predict_cells, stream_net
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def keras_and_ov(tmp_path_factory):
+    import keras
+
+    d = tmp_path_factory.mktemp("ov")
+    keras.utils.set_random_seed(5)
+    fcn, impact = build_discovery_fcn(12, 201), build_impact_cnn(12)
+    return ((fcn, load_network(_saved(d, fcn, "fcn"), "fcn", runtime="openvino")),
+            (impact, load_network(_saved(d, impact, "imp"), "imp", runtime="openvino")))
+
+
+def test_networks_equal_keras_in_float32(keras_and_ov):
+    """float32 is asked for explicitly: on CPUs with AMX OpenVINO computes in bfloat16 unless told, which
+    would miss 1e-5 by orders of magnitude."""
+    (fcn, ofcn), (imp, oimp) = keras_and_ov
+    assert isinstance(ofcn, OvNetwork) and ofcn.runtime == "openvino"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 21, 21, 12), dtype=np.float32)
+    a, b = np.asarray(imp.predict_on_batch(x)), oimp.predict_on_batch(x)
+    assert a.shape == b.shape == (7, 3) and np.abs(a - b).max() <= 1e-5
+    x = rng.standard_normal((1, 310, 283, 12), dtype=np.float32)
+    a, b = np.asarray(fcn.predict_on_batch(x)), ofcn.predict_on_batch(x)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
+
+
+@pytest.mark.parametrize("kx,ky", RECTS)
+@pytest.mark.parametrize("cells", [1, 3, 4, None])
+def test_whole_strips_equal_the_whole_keras_pass(keras_and_ov, kx, ky, cells):
+    """Strips of 1-4 cells (overlapping by 8 cells of input: the overlap is copied, never re-read), the
+    default (at least 40 cells: one strip here), the last strip padded to the strips' shape, nodata
+    corners and a rectangle beyond the image's edge."""
+    (fcn, ofcn), _ = keras_and_ov
+    g, img, norm = FcnGeometry(201), _image(), _norm()
+    log: list = []
+    st = InferenceStats()
+    got = predict_cells(ofcn, g, _reader(img, log=log), norm, kx, ky, block_cells=cells, stats=st)
+    _same(got, _whole(fcn, g, img, norm, kx, ky))
+    assert st.method == "whole" and st.strips == -(-len(ky) // (cells or len(ky)))
+    rows = sorted((r0, r1) for _, r0, _, r1 in log)  # every span row read once
+    assert all(b[0] == a[1] for a, b in zip(rows, rows[1:], strict=False))
+    assert rows[-1][1] - rows[0][0] == g.input_span(ky.start, len(ky))[1] - g.input_span(ky.start, len(ky))[0]
+
+
+def test_clip_and_other_nodata_and_no_prefetch(keras_and_ov):
+    (fcn, ofcn), _ = keras_and_ov
+    g, img, norm = FcnGeometry(201), _image(seed=3, nodata=7), _norm(clip=0.5, nodata=7)
+    kx, ky = range(2, 15), range(1, 12)
+    ref = _whole(fcn, g, img, norm, kx, ky)
+    for prefetch in (True, False):
+        _same(predict_cells(ofcn, g, _reader(img, 7), norm, kx, ky, block_cells=2, prefetch=prefetch), ref)
+
+
+def test_cell_rows_hand_out_the_tile_values_around_them(keras_and_ov):
+    """on_rows (the in-stream impact rating) gets each strip's cells once, in order, with the tile rows
+    within keep_px of their centres, exactly as read."""
+    (_, ofcn), _ = keras_and_ov
+    g, img, norm = FcnGeometry(201), _image(), _norm()
+    kx, ky = range(2, 15), range(1, 12)
+    c0, c1 = g.input_span(kx.start, len(kx))
+    seen = []
+
+    def on_rows(cr):
+        first = ky.start + cr.first
+        centre0 = STRIDE * first + STRIDE // 2  # tile row of the first cell's centre
+        centre1 = STRIDE * (first + len(cr.prob) - 1) + STRIDE // 2
+        raw = cr.raw(centre0 - 10, centre1 + 11)
+        np.testing.assert_array_equal(raw, _reader(img)(c0, centre0 - 10, c1, centre1 + 11))
+        seen.append((cr.first, len(cr.prob)))
+
+    predict_cells(ofcn, g, _reader(img), norm, kx, ky, block_cells=3, on_rows=on_rows, keep_px=10)
+    assert seen == [(0, 3), (3, 3), (6, 3), (9, 2)]
+
+
+@pytest.mark.skipif(not available("openvino") or not ov_cpu_bf16(), reason="no bfloat16 units on this CPU")
+def test_bfloat16_within_the_tolerance(keras_and_ov):
+    (fcn, ofcn), _ = keras_and_ov
+    g, img, norm = FcnGeometry(201), _image(), _norm()
+    kx, ky = range(2, 15), range(1, 12)
+    ref = _whole(fcn, g, img, norm, kx, ky)
+    with compute_precision("bfloat16"):
+        got = predict_cells(ofcn, g, _reader(img), norm, kx, ky, block_cells=4)
+        assert stream_net(ofcn, norm.gain).precision == "bfloat16"
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    diff = np.nanmax(np.abs(got - ref))
+    assert 0 < diff <= PRECISION_TOLERANCE["bfloat16"]  # > 0: it did compute in bfloat16
+
+
+def test_float16_refused(keras_and_ov):
+    (_, ofcn), _ = keras_and_ov
+    with pytest.raises(Unsupported, match="float16 on OpenVINO"):
+        WholeNet.build(ofcn, None, "float16")
+
+
+def test_runtime_choice_for_openvino(monkeypatch):
+    from minescan.models import onnx_net
+
+    cpu = {"PATH": "/usr/bin"}
+    monkeypatch.setattr("minescan.scan.device.gpu_present", lambda env=None: "CUDA_VISIBLE_DEVICES" in (env or {}))
+    monkeypatch.setattr(onnx_net, "ov_cpu_bf16", lambda: True)
+    assert detect_runtime("auto", env=cpu) == "onnxruntime"
+    assert detect_runtime("auto", env=cpu, precision="bfloat16") == "openvino"
+    assert detect_runtime("openvino", env=cpu) == "openvino"
+    assert detect_runtime("auto", env={"CUDA_VISIBLE_DEVICES": "0"}, precision="bfloat16") == "tensorflow"
+    assert detect_runtime("auto", env=cpu, precision="float16") == "tensorflow"
+    for kw in ({"precision": "float16"}, {"require_gpu": True}, {"pyramid": True}, {"patch_model": True}):
+        with pytest.raises(DeviceError, match="openvino cannot run this job"):
+            detect_runtime("openvino", env=cpu, **kw)
+    monkeypatch.setattr(onnx_net, "ov_cpu_bf16", lambda: False)  # a CPU without bfloat16 units
+    assert detect_runtime("auto", env=cpu, precision="bfloat16") == "tensorflow"
+    with pytest.raises(DeviceError, match="computes no bfloat16"):
+        detect_runtime("openvino", env=cpu, precision="bfloat16")
+    assert detect_runtime("openvino", env=cpu) == "openvino"  # float32 runs anywhere
+    monkeypatch.setattr(onnx_net, "available", lambda runtime="onnxruntime": runtime != "openvino")
+    assert detect_runtime("auto", env=cpu, precision="bfloat16") == "tensorflow"
+    with pytest.raises(DeviceError, match="openvino or onnx not installed"):
+        detect_runtime("openvino", env=cpu)
+
+
+def test_detect_job_on_openvino_equals_onnxruntime(tmp_path, scene_tile, models):  # noqa: F811
+    """A detect process on OpenVINO (float32) writes the probabilities and rated candidates of one on ONNX
+    Runtime, and never starts TensorFlow."""
+    import rasterio
+
+    t, path = scene_tile
+    _detect_cli(t, path, models, tmp_path / "ort", "onnxruntime")
+    tf_used, log = _detect_cli(t, path, models, tmp_path / "ov", "openvino")
+    assert not tf_used, "the openvino job imported TensorFlow"
+    assert "device: CPU" in log and "openvino" in log and "FCN (whole" in log
+    for q in ("nw", "se"):
+        with rasterio.open(tmp_path / "ort" / f"{q}.tif") as a, rasterio.open(tmp_path / "ov" / f"{q}.tif") as b:
+            _same(a.read(1), b.read(1))
+            assert b.tags()["RUNTIME"] == "openvino"
+        ca, cb = pd.read_csv(tmp_path / "ort" / f"{q}.csv"), pd.read_csv(tmp_path / "ov" / f"{q}.csv")
+        assert len(ca) > 0 or q == "se"
+        pd.testing.assert_frame_equal(ca, cb, atol=2e-6)
+
+
+def test_shipped_ensemble_streams_as_whole_strips_on_openvino():
+    """The shipped real-data model (an average of two FCNs) runs as whole strips on OpenVINO (ONNX Runtime
+    runs it by blocks) and scores a scan's cells like Keras."""
+    from conftest import ROOT
+
+    path = ROOT / "models" / "amazon-rgb48-v2"
+    keras_model, ov_model = load_model(path), load_model(path, runtime="openvino")
+    g, img, norm = FcnGeometry(keras_model.window), _image()[..., :3], _norm(bands=3)
+    kx, ky = range(14, 24), range(12, 20)
+    st = InferenceStats()
+    o = predict_cells(ov_model.network, g, _reader(img), norm, kx, ky, block_cells=3, stats=st)
+    assert st.method == "whole"
+    _same(o, predict_cells(keras_model.network, g, _reader(img), norm, kx, ky, block_cells=4))
+
+
+@pytest.mark.skipif(not available("openvino") or not ov_cpu_bf16(), reason="no bfloat16 units on this CPU")
+def test_bfloat16_on_a_trained_network_and_real_imagery():
+    """The shipped real-data model (trained) on a mosaic of 400 real Sentinel-2 chips (mines and not), as
+    whole strips in bfloat16: within the tolerance of float32 (measured 0.0069 over 900 cells)."""
+    from conftest import ROOT
+    from test_device import REAL_CHIPS
+
+    from minescan.scan.inference import Normalisation
+
+    if not REAL_CHIPS.exists():
+        pytest.skip(f"real chips not found at {REAL_CHIPS}")
+    path = ROOT / "models" / "amazon-rgb48-v2"
+    m = load_model(path, runtime="openvino")
+    x = np.load(REAL_CHIPS)["x"]
+    chips = x[np.random.default_rng(0).choice(len(x), 400, replace=False)]
+    mosaic = chips.reshape(20, 20, 48, 48, 3).transpose(0, 2, 1, 3, 4).reshape(960, 960, 3)
+    dn = (mosaic.astype(np.uint16) * 3000 // 255 + 1).astype(np.uint16)  # README: reflectance = v/255 * 0.3
+    norm = Normalisation.from_card(m.card["normalisation"], 1e-4, 0)
+    g, kx, ky = FcnGeometry(m.window), range(0, 30), range(0, 30)
+    f32 = predict_cells(m.network, g, _reader(dn), norm, kx, ky, block_cells=7)
+    with compute_precision("bfloat16"):
+        b16 = predict_cells(m.network, g, _reader(dn), norm, kx, ky, block_cells=7)
+    np.testing.assert_array_equal(np.isnan(f32), np.isnan(b16))
+    diff = float(np.nanmax(np.abs(f32 - b16)))
+    assert 1e-5 < diff <= PRECISION_TOLERANCE["bfloat16"], diff
