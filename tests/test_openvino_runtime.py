@@ -69,6 +69,24 @@ def test_whole_strips_equal_the_whole_keras_pass(keras_and_ov, kx, ky, cells):
     assert rows[-1][1] - rows[0][0] == g.input_span(ky.start, len(ky))[1] - g.input_span(ky.start, len(ky))[0]
 
 
+@pytest.mark.parametrize("kx,ky", RECTS[:2])
+def test_default_strips_pad_rows_and_columns_to_one_shape(keras_and_ov, monkeypatch, kx, ky):
+    """Without block_cells the strips are rounded up to 4 cells and the columns padded to 64 px (one shape
+    for a tile's quadrants); the padding reaches no cell."""
+    (fcn, ofcn), _ = keras_and_ov
+    g, img, norm = FcnGeometry(201), _image(), _norm()
+    shapes = []
+    net = stream_net(ofcn, norm.gain)  # the one predict_cells takes (cached)
+    monkeypatch.setattr(net, "min_cells", 3)
+    run = net.run
+    monkeypatch.setattr(net, "run", lambda x: shapes.append(x.shape) or run(x))
+    st = InferenceStats()
+    got = predict_cells(ofcn, g, _reader(img), norm, kx, ky, max_block_mb=1, stats=st)
+    _same(got, _whole(fcn, g, img, norm, kx, ky))
+    assert st.chunk_cells == 4 and st.strips == 3 and len(set(shapes)) == 1
+    assert shapes[0][2] % 64 == 0 and shapes[0][2] > g.input_span(kx.start, len(kx))[1] - g.input_span(kx.start, len(kx))[0]
+
+
 def test_clip_and_other_nodata_and_no_prefetch(keras_and_ov):
     (fcn, ofcn), _ = keras_and_ov
     g, img, norm = FcnGeometry(201), _image(seed=3, nodata=7), _norm(clip=0.5, nodata=7)

@@ -463,7 +463,8 @@ def ov_compile(model: bytes, precision: str = "float32", threads: int | None = N
 
 def _ov_runner(model: bytes, precision: str, threads: int | None, static: bool = False):
     """run(x) -> the output of ``model`` on ``x``, compiled at the first call (per input shape if ``static``;
-    the last few shapes are kept: a tile's quadrants have one or two span widths)."""
+    the last two shapes are kept, each with its own working memory: the strips of a tile's quadrants have
+    one shape, see :func:`minescan.scan.inference._predict_whole`)."""
     if precision not in OV_PRECISIONS:  # found at load, not at the first strip
         raise Unsupported(f"precision {precision} on OpenVINO (it runs {', '.join(OV_PRECISIONS)})")
     compiled: dict = {}
@@ -472,8 +473,8 @@ def _ov_runner(model: bytes, precision: str, threads: int | None, static: bool =
         x = np.ascontiguousarray(x, dtype=np.float32)
         key = x.shape if static else None
         if key not in compiled:
-            if len(compiled) >= 4:
-                compiled.clear()
+            if len(compiled) >= 2:
+                del compiled[next(iter(compiled))]
             compiled[key] = ov_compile(model, precision, threads, key).create_infer_request()
         # the output is a copy (share_outputs off): the request reuses its memory at the next call
         return compiled[key].infer({0: x}, share_inputs=True)[0]

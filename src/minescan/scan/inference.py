@@ -820,17 +820,26 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
     docstring). Two input buffers of one fixed shape (the last strip padded), reused: while the network
     computes one strip, a thread fills the other with the overlap (copied) and the new rows (read in
     pieces of :data:`READ_ROWS` and centred in place), so the tile is read once and no large array is
-    allocated per strip."""
+    allocated per strip. Padded rows and columns are zeros (the centred mean): they reach no cell."""
     nx, ny = len(kx), len(ky)
     c0, c1 = geometry.input_span(kx.start, nx)
     r0, r1 = geometry.input_span(ky.start, ny)
     h0, w0 = r1 - r0, c1 - c0
     n = min(block_cells or stream_chunk_cells(net, w0, max_block_mb), ny)
-    if not block_cells:  # strips of equal height: the last one is padded to the shape the network was built for
-        n = -(-ny // -(-ny // n))
+    width = w0
+    if not block_cells:
+        # One strip shape for all the quadrants of a tile (the network is compiled per shape, ~0.4 s and
+        # ~0.5 GB each): strips of nearly equal height rounded up to 4 cells (170 and 171 cell rows both
+        # give 5 x 36), columns padded to a multiple of 64 px (4806 and 4833 both give 4864). The padding
+        # (the last strip's rows, the columns) reaches no cell: each cell's exact span lies within.
+        strips = math.ceil(ny / n)
+        n = math.ceil(math.ceil(ny / strips) / 4) * 4
+        width = -(-w0 // 64) * 64
     span_rows = STRIDE * (n + 1 + geometry.valid_kernel)  # input rows of a strip of n cells
     counts, counter = _valid_counter(geometry, nx, ny)
-    bufs = [np.empty((1, span_rows, w0, net.in_channels), np.float32) for _ in range(2 if prefetch else 1)]
+    bufs = [np.empty((1, span_rows, width, net.in_channels), np.float32) for _ in range(2 if prefetch else 1)]
+    for b in bufs:
+        b[:, :, w0:] = 0
     starts = list(range(0, ny, n))
     read_s = [0.0]
 
@@ -842,17 +851,17 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
         new_from, pieces = lo, []
         if prev is not None and prev[2] > lo:  # the overlap with the previous strip
             pbuf, plo, phi = prev
-            buf[0, : phi - lo] = pbuf[0, lo - plo : phi - plo]
+            buf[0, : phi - lo, :w0] = pbuf[0, lo - plo : phi - plo, :w0]
             new_from = phi
         for a in range(new_from, hi, READ_ROWS):
             b = min(a + READ_ROWS, hi)
             raw = read(c0, r0 + a, c1, r0 + b)
-            _, valid = norm.centre(raw, out=buf[0, a - lo : b - lo])
+            _, valid = norm.centre(raw, out=buf[0, a - lo : b - lo, :w0])
             counter(a, b, valid)
             if on_rows is not None:
                 pieces.append((a, raw))
         if hi - lo < span_rows:  # the last strip: one shape for the network (the rows below reach no cell)
-            buf[0, hi - lo :] = 0
+            buf[0, hi - lo :, :w0] = 0
         read_s[0] += time.perf_counter() - t
         return lo, hi, pieces
 
