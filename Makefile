@@ -46,6 +46,8 @@ demo: $(STAMP)
 	print('layers in results/demo/2026Q1/')"
 	@test ! -f results/demo/2026Q1/pixel/evaluation.json || $(BIN)/python -c "import json; from minescan.pixel.demo_eval import summary_lines; \
 	print(chr(10).join(summary_lines(json.load(open('results/demo/2026Q1/pixel/evaluation.json')))))"
+	@# detect.precision bfloat16 on the demo's tiles, on TensorFlow and (CPUs with bfloat16 units) OpenVINO
+	@$(BIN)/python scripts/demo_precision.py --out results/demo-precision
 
 test: $(STAMP)
 	@# as root (CI): headless Chromium for the map tests (they skip, saying why, without it)
@@ -70,4 +72,4 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 clean-demo:
-	rm -rf results/demo results/demo-training results/models/demo-discovery results/models/demo-impact results/models/demo-segment results/logs results/benchmarks
+	rm -rf results/demo results/demo-precision results/demo-training results/models/demo-discovery results/models/demo-impact results/models/demo-segment results/logs results/benchmarks

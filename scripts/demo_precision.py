@@ -3,9 +3,10 @@
     make demo                              # once: the demo tiles and trained models this script reuses
     .venv/bin/python scripts/demo_precision.py [--out /tmp/demo-precision]
 
-Runs ``minescan detect`` on each demo tile (its four quadrants in one process) twice, with ``--precision
-float32`` and ``--precision bfloat16``, with the demo's own settings, and compares the two probability
-rasters cell by cell (NaN cells must match) and the candidate cells. Prints one line and writes
+Runs ``minescan detect`` on each demo tile (its four quadrants in one process) with ``--precision float32``
+and with ``--precision bfloat16`` on TensorFlow and (where the CPU has bfloat16 units) on OpenVINO, with the
+demo's own settings, and compares each bfloat16 run's probability rasters with float32's cell by cell (NaN
+cells must match) and the candidate cells. Prints one line per bfloat16 run and writes
 ``OUT/precision.json``. The float32 run is also compared with the demo scan's own probability rasters.
 """
 
@@ -26,18 +27,28 @@ SCAN = ROOT / "results" / "demo" / "2026Q1"
 QUADRANTS = ("NW", "NE", "SW", "SE")
 
 
-def detect(tile: Path, precision: str, out: Path) -> None:
-    dirs = [out / precision / f"{tile.stem}_{q}" for q in QUADRANTS]
+def runs() -> dict[str, list[str]]:
+    """name -> detect options: float32 (the default runtime) and bfloat16 on each runtime that computes it."""
+    from minescan.models.onnx_net import available, ov_cpu_bf16
+
+    r = {"float32": ["--precision", "float32"], "bfloat16": ["--precision", "bfloat16", "--runtime", "tensorflow"]}
+    if available("openvino") and ov_cpu_bf16():
+        r["bfloat16-openvino"] = ["--precision", "bfloat16", "--runtime", "openvino"]
+    return r
+
+
+def detect(tile: Path, name: str, options: list[str], out: Path) -> None:
+    dirs = [out / name / f"{tile.stem}_{q}" for q in QUADRANTS]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     cmd = [str(Path(sys.executable).parent / "minescan"), "detect", "--tile", tile.stem, "--quadrant", *QUADRANTS,
            "--tile-path", str(tile), "--model", "results/models/demo-discovery", "--region",
-           "config/demo_region.geojson", "--scale", "0.0001", "--threshold", "0.6", "--precision", precision,
+           "config/demo_region.geojson", "--scale", "0.0001", "--threshold", "0.6", *options,
            "--impact-model", "results/models/demo-impact", "--on-empty", "error", "--tile-px", "1024",
            "--halo-px", "160", "--resolution-m", "10", "--period", "2026Q1",
            "--prob-out", *[str(d / "probability.tif") for d in dirs],
            "--candidates-out", *[str(d / "candidates.csv") for d in dirs]]
-    with open(out / precision / f"{tile.stem}.log", "w") as log:
+    with open(out / name / f"{tile.stem}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, stderr=log, check=True)
 
 
@@ -54,33 +65,37 @@ def main(argv=None) -> int:
     tiles = sorted((SCAN / "tiles").glob("*.tif"))
     if not tiles or not (ROOT / "results/models/demo-discovery/card.json").exists():
         raise SystemExit("demo_precision: run `make demo` first (tiles and trained demo models)")
-    for precision in ("float32", "bfloat16"):
+    todo = runs()
+    for name, options in todo.items():
         for tile in tiles:
-            detect(tile, precision, out)
-    diff = to_scan = 0.0
-    cells = 0
-    cand = {"float32": set(), "bfloat16": set()}
-    for d in sorted((out / "float32").glob("*_*/")):
-        a, b = read(d / "probability.tif"), read(out / "bfloat16" / d.name / "probability.tif")
-        ok = ~np.isnan(a)
-        if not np.array_equal(ok, ~np.isnan(b)):
-            raise SystemExit(f"{d.name}: float32 and bfloat16 differ in their NaN cells")
-        cells += int(ok.sum())
-        diff = max(diff, float(np.abs(a[ok] - b[ok]).max()) if ok.any() else 0.0)
-        ref = SCAN / "quadrants" / d.name / "probability.tif"
-        if ref.exists():
-            to_scan = max(to_scan, float(np.nanmax(np.abs(a - read(ref)))) if ok.any() else 0.0)
-        for p in cand:
-            c = pd.read_csv(out / p / d.name / "candidates.csv")
-            cand[p] |= {(d.name, int(x), int(y)) for x, y in zip(c["cell_x"], c["cell_y"], strict=True)}
-    res = {"cells": cells, "max_abs_difference": round(diff, 6), "candidates_float32": len(cand["float32"]),
-           "candidates_bfloat16": len(cand["bfloat16"]),
-           "candidates_common": len(cand["float32"] & cand["bfloat16"]),
-           "float32_vs_demo_scan_max_abs_difference": to_scan}
+            detect(tile, name, options, out)
+    res: dict = {}
+    for name in [n for n in todo if n != "float32"]:
+        diff = to_scan = 0.0
+        cells = 0
+        cand: dict = {"float32": set(), name: set()}
+        for d in sorted((out / "float32").glob("*_*/")):
+            a, b = read(d / "probability.tif"), read(out / name / d.name / "probability.tif")
+            ok = ~np.isnan(a)
+            if not np.array_equal(ok, ~np.isnan(b)):
+                raise SystemExit(f"{d.name}: float32 and {name} differ in their NaN cells")
+            cells += int(ok.sum())
+            diff = max(diff, float(np.abs(a[ok] - b[ok]).max()) if ok.any() else 0.0)
+            ref = SCAN / "quadrants" / d.name / "probability.tif"
+            if ref.exists():
+                to_scan = max(to_scan, float(np.nanmax(np.abs(a - read(ref)))) if ok.any() else 0.0)
+            for p in cand:
+                c = pd.read_csv(out / p / d.name / "candidates.csv")
+                cand[p] |= {(d.name, int(x), int(y)) for x, y in zip(c["cell_x"], c["cell_y"], strict=True)}
+        res[name] = {"options": todo[name], "cells": cells, "max_abs_difference": round(diff, 6),
+                     "candidates_float32": len(cand["float32"]), "candidates_bfloat16": len(cand[name]),
+                     "candidates_common": len(cand["float32"] & cand[name]),
+                     "float32_vs_demo_scan_max_abs_difference": to_scan}
+        r = res[name]
+        print(f"demo, {cells} cells, {name} ({' '.join(todo[name])}): largest |bfloat16 - float32| = {diff:.4f}; "
+              f"candidates float32 {r['candidates_float32']}, bfloat16 {r['candidates_bfloat16']}, in common "
+              f"{r['candidates_common']}; float32 vs the demo scan's rasters: {to_scan:g}")
     (out / "precision.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(f"demo, {cells} cells: largest |bfloat16 - float32| = {diff:.4f}; candidates float32 "
-          f"{res['candidates_float32']}, bfloat16 {res['candidates_bfloat16']}, in common "
-          f"{res['candidates_common']}; float32 vs the demo scan's rasters: {to_scan:g}")
     return 0
 
 
