@@ -131,10 +131,24 @@ def test_bfloat16_within_the_tolerance(keras_and_ov):
     assert 0 < diff <= PRECISION_TOLERANCE["bfloat16"]  # > 0: it did compute in bfloat16
 
 
-def test_float16_refused(keras_and_ov):
+def test_float16_refused_and_what_cannot_fold_runs_by_blocks(keras_and_ov, tmp_path, caplog):
+    import keras
+
+    caplog.set_level("INFO")
     (_, ofcn), _ = keras_and_ov
     with pytest.raises(Unsupported, match="float16 on OpenVINO"):
         WholeNet.build(ofcn, None, "float16")
+    # a dropout before the first convolution: the normalisation has no kernel to fold into
+    fcn = build_discovery_fcn(12, 201)
+    model = keras.Sequential([keras.Input((None, None, 12)), keras.layers.Dropout(0.1, name="drop_in"),
+                              *[la for la in fcn.layers if not isinstance(la, keras.layers.InputLayer)]])
+    ov = load_network(_saved(tmp_path, model, "drop"), "drop", runtime="openvino")
+    g, img, norm = FcnGeometry(201), _image(), _norm()
+    kx, ky = range(14, 18), range(12, 15)
+    st = InferenceStats()
+    got = predict_cells(ov, g, _reader(img), norm, kx, ky, stats=st)
+    assert st.method == "blocks" and "no whole strips on OpenVINO" in caplog.text
+    _same(got, _whole(model, g, img, norm, kx, ky))
 
 
 def test_runtime_choice_for_openvino(monkeypatch):

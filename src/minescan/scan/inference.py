@@ -301,7 +301,13 @@ class StreamNet:
         other than float32: every layer but the last computes in it (Keras mixed precision). An OpenVINO
         network becomes a :class:`WholeNet`."""
         if getattr(network, "runtime", None) == "openvino":
-            return WholeNet.build(network, gain, precision)
+            from minescan.models.onnx_net import Unsupported
+
+            try:
+                return WholeNet.build(network, gain, precision)
+            except Unsupported as exc:  # e.g. a first layer the normalisation cannot fold into: blocks
+                log.info("network %s: no whole strips on OpenVINO (%s)", network.name, exc)
+                return None
         if getattr(network, "runtime", None) == "onnxruntime":
             return cls._build_ort(network, gain, precision)
         keras = _keras()

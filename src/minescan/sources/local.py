@@ -220,8 +220,24 @@ class TileRaster:
             self.origin = tile.origin_px
         else:
             self.origin = (0, 0)
+        self.blocks = None  # a BlockDecoder, once use_block_decoder() found one usable
+
+    def use_block_decoder(self, threads: int = 1) -> bool:
+        """Read windows inside the file by decoding its blocks directly (:mod:`minescan.sources.blocks`,
+        where tifffile and imagecodecs are installed and the file is tiled and pixel-interleaved); other
+        reads, and those it declines, stay with GDAL. Returns whether it is in use."""
+        from minescan.sources.blocks import BlockDecoder, available
+
+        if self.blocks is None and available():
+            try:
+                self.blocks = BlockDecoder(self.path, threads)
+            except Exception as exc:  # noqa: BLE001 - any file it cannot take: GDAL reads it
+                log.info("%s: reading with GDAL (%s)", self.path, exc)
+        return self.blocks is not None
 
     def close(self):
+        if self.blocks is not None:
+            self.blocks.close()
         self.ds.close()
 
     def __enter__(self):
@@ -248,6 +264,10 @@ class TileRaster:
         inside = c0 >= 0 and r0 >= 0 and c0 + win.width <= self.ds.width and r0 + win.height <= self.ds.height
         indexes = [b + 1 for b in bands]
         dtypes = {self.ds.dtypes[b] for b in bands}
+        if inside and self.blocks is not None:
+            data = self.blocks.read(c0, r0, c0 + win.width, r0 + win.height, bands)
+            if data is not None:
+                return data
         try:
             if inside and len(dtypes) == 1:
                 # GDAL fills the pixel-interleaved array through its (B, H, W) view: the layout the tiles
