@@ -111,37 +111,28 @@ def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy:
     def read(a0, b0, a1, b1):
         return held[0][b0 - r0 : b1 - r0, a0 - c0 : a1 - c0]
 
-    with compute_precision(precision):
-        for i in range(2):
-            st = InferenceStats()
-            t = time.perf_counter()
-            stream = predict_cells(model.network, g, read, norm, kx, ky, stats=st)
-            res[f"stream{i}_s"] = time.perf_counter() - t
-            res[f"stream{i}_network_s"] = st.compute_s
-    res["stream_first_call_s"] = res["stream0_network_s"] - res["stream1_network_s"]
-    if precision == "float32":  # the same stream on ONNX Runtime (no TensorFlow in the job)
-        from minescan.models.onnx_net import load_network
-
-        ort_net = load_network(Path(fcn) / "model.keras", "fcn")
-        for i in range(2):
-            st = InferenceStats()
-            t = time.perf_counter()
-            ort_stream = predict_cells(ort_net, g, read, norm, kx, ky, stats=st)
-            res[f"ort_stream{i}_s"] = time.perf_counter() - t
-            res[f"ort_stream{i}_network_s"] = st.compute_s
-        res["ort_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ort_stream - stream)))
-    if importlib.util.find_spec("openvino") is not None:  # whole strips on OpenVINO, in this precision
-        from minescan.models.onnx_net import load_network
-
-        ov_net = load_network(Path(fcn) / "model.keras", "fcn", runtime="openvino")
-        with compute_precision(precision):
+    def twice(network, key: str, prec: str) -> np.ndarray:
+        """The stream of ``network`` over the span twice (the second run is warm): {key}{i}_s, _network_s."""
+        with compute_precision(prec):
             for i in range(2):
                 st = InferenceStats()
                 t = time.perf_counter()
-                ov_stream = predict_cells(ov_net, g, read, norm, kx, ky, stats=st)
-                res[f"ov_stream{i}_s"] = time.perf_counter() - t
-                res[f"ov_stream{i}_network_s"] = st.compute_s
-        res["ov_strip_cells"] = st.chunk_cells
+                out = predict_cells(network, g, read, norm, kx, ky, stats=st)
+                res[f"{key}{i}_s"] = time.perf_counter() - t
+                res[f"{key}{i}_network_s"] = st.compute_s
+        res[f"{key}_strip_cells"] = st.chunk_cells
+        return out
+
+    stream = twice(model.network, "stream", precision)
+    res["stream_first_call_s"] = res["stream0_network_s"] - res["stream1_network_s"]
+    from minescan.models.onnx_net import load_network
+
+    if precision == "float32":  # the same stream on ONNX Runtime (no TensorFlow in the job)
+        ort_stream = twice(load_network(Path(fcn) / "model.keras", "fcn"), "ort_stream", precision)
+        res["ort_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ort_stream - stream)))
+    if importlib.util.find_spec("openvino") is not None:  # whole strips on OpenVINO, in this precision
+        ov_stream = twice(load_network(Path(fcn) / "model.keras", "fcn", runtime="openvino"), "ov_stream", precision)
+        res["ov_strip_cells"] = res["ov_stream_strip_cells"]
         res["ov_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ov_stream - stream)))
     held.clear()
     # the whole span in one forward pass
