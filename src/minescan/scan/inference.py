@@ -895,9 +895,10 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
                     nxt = pool.submit(fill, *args)
             t = time.perf_counter()
             y = net.run(buf)[0, 1 : 1 + h, 1 : 1 + nx, 1]
-            compute_s += time.perf_counter() - t
-            stats.strip_compute_s.append(time.perf_counter() - t)
-            stats.strip_rows.append(hi - lo)
+            dt = time.perf_counter() - t
+            compute_s += dt
+            stats.strip_compute_s.append(dt)
+            stats.strip_rows.append(span_rows)  # what the network computed (the last strip padded)
             frac = counts[k0 : k0 + h] / np.float32(STRIDE * STRIDE)
             out[k0 : k0 + h] = np.where(frac >= MIN_VALID_FRACTION, y, np.float32(np.nan))
             if on_rows is not None:
