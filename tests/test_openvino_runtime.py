@@ -235,3 +235,14 @@ def test_bfloat16_on_a_trained_network_and_real_imagery():
     np.testing.assert_array_equal(np.isnan(f32), np.isnan(b16))
     diff = float(np.nanmax(np.abs(f32 - b16)))
     assert 1e-5 < diff <= PRECISION_TOLERANCE["bfloat16"], diff
+
+
+def test_minescan_device_says_what_auto_runs(monkeypatch):
+    from minescan.cli.device import runtime_line
+    from minescan.models import onnx_net
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("minescan.scan.device.gpu_present", lambda env=None: False)
+    monkeypatch.setattr(onnx_net, "ov_cpu_bf16", lambda: True)
+    assert runtime_line() == ("detect.runtime auto, by detect.precision: float32 -> onnxruntime, "
+                              "bfloat16 -> openvino, float16 -> tensorflow")
