@@ -92,6 +92,7 @@ def test_tile_raster_uses_it_inside_and_gdal_beyond(tmp_path, monkeypatch):
 @pytest.mark.parametrize("opts, why", [
     ({"tiled": False, "compress": "zstd"}, "not tiled"),
     ({**TILED, "interleave": "band", "compress": "zstd"}, "separately"),
+    ({**TILED, "compress": "lerc", "max_z_error": 2}, "compression LERC"),  # lossy: GDAL's pixels only
 ])
 def test_files_it_does_not_read_stay_with_gdal(tmp_path, opts, why):
     path = _write(tmp_path / "t.tif", _data(), **opts)

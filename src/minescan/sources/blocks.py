@@ -28,6 +28,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# TIFF compressions decoded here: lossless ones, whose pixels are the file's whatever the decoder
+LOSSLESS = ("NONE", "LZW", "ADOBE_DEFLATE", "DEFLATE", "ZSTD", "ZSTD_DEPRECATED", "LZMA", "PACKBITS")
+
+
 def available() -> bool:
     import importlib.util
 
@@ -50,6 +54,8 @@ class BlockDecoder:
                 raise ValueError("not tiled in 2-D blocks")
             if page.samplesperpixel > 1 and page.planarconfig != 1:  # 1: contiguous (INTERLEAVE=PIXEL)
                 raise ValueError("bands stored separately (INTERLEAVE=BAND)")
+            if page.compression.name not in LOSSLESS:  # a lossy decoder's pixels may differ from GDAL's
+                raise ValueError(f"compression {page.compression.name} (decoded here: {', '.join(LOSSLESS)})")
             self.height, self.width = page.imagelength, page.imagewidth
             self.bands, self.dtype = page.samplesperpixel, page.dtype
             self.th, self.tw = page.tilelength, page.tilewidth
