@@ -137,6 +137,14 @@ def test_reduced_precision_stays_within_its_documented_tolerance(fcn, precision)
     )
 
 
+def real_chip_mosaic() -> np.ndarray:
+    """400 real chips (mines and not) as one 960 x 960 px RGB mosaic in tile values (uint16)."""
+    x = np.load(REAL_CHIPS)["x"]
+    chips = x[np.random.default_rng(0).choice(len(x), 400, replace=False)]
+    mosaic = chips.reshape(20, 20, 48, 48, 3).transpose(0, 2, 1, 3, 4).reshape(960, 960, 3)
+    return (mosaic.astype(np.uint16) * 3000 // 255 + 1).astype(np.uint16)  # README: reflectance = v/255 * 0.3
+
+
 @pytest.mark.skipif(not REAL_CHIPS.exists(), reason=f"real chips not found at {REAL_CHIPS}")
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_reduced_precision_on_a_trained_network_and_real_imagery(precision):
@@ -148,10 +156,7 @@ def test_reduced_precision_on_a_trained_network_and_real_imagery(precision):
 
     m = load_model(ROOT / "models" / "amazon-rgb48", expect_kind="discovery")
     member = m.network.get_layer("fcn0_32x64x64x64")
-    x = np.load(REAL_CHIPS)["x"]
-    chips = x[np.random.default_rng(0).choice(len(x), 400, replace=False)]
-    mosaic = chips.reshape(20, 20, 48, 48, 3).transpose(0, 2, 1, 3, 4).reshape(960, 960, 3)
-    dn = (mosaic.astype(np.uint16) * 3000 // 255 + 1).astype(np.uint16)  # README: reflectance = v/255 * 0.3
+    dn = real_chip_mosaic()
     norm = Normalisation.from_card(m.card["normalisation"], 1e-4, 0)
     old = test_inference.H, test_inference.W
     test_inference.H, test_inference.W = dn.shape[:2]

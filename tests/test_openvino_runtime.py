@@ -215,7 +215,7 @@ def test_bfloat16_on_a_trained_network_and_real_imagery():
     """The shipped real-data model (trained) on a mosaic of 400 real Sentinel-2 chips (mines and not), as
     whole strips in bfloat16: within the tolerance of float32 (measured 0.0069 over 900 cells)."""
     from conftest import ROOT
-    from test_device import REAL_CHIPS
+    from test_device import REAL_CHIPS, real_chip_mosaic
 
     from minescan.scan.inference import Normalisation
 
@@ -223,10 +223,7 @@ def test_bfloat16_on_a_trained_network_and_real_imagery():
         pytest.skip(f"real chips not found at {REAL_CHIPS}")
     path = ROOT / "models" / "amazon-rgb48-v2"
     m = load_model(path, runtime="openvino")
-    x = np.load(REAL_CHIPS)["x"]
-    chips = x[np.random.default_rng(0).choice(len(x), 400, replace=False)]
-    mosaic = chips.reshape(20, 20, 48, 48, 3).transpose(0, 2, 1, 3, 4).reshape(960, 960, 3)
-    dn = (mosaic.astype(np.uint16) * 3000 // 255 + 1).astype(np.uint16)  # README: reflectance = v/255 * 0.3
+    dn = real_chip_mosaic()
     norm = Normalisation.from_card(m.card["normalisation"], 1e-4, 0)
     g, kx, ky = FcnGeometry(m.window), range(0, 30), range(0, 30)
     f32 = predict_cells(m.network, g, _reader(dn), norm, kx, ky, block_cells=7)
