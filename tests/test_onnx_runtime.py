@@ -37,18 +37,20 @@ def _saved(tmp_path, network, name="m"):
     return path
 
 
-@pytest.fixture(scope="module")
-def keras_and_ort(tmp_path_factory):
+def keras_and_converted(d, runtime: str):
+    """The published FCN and impact CNN (seeded random weights), each with its saved copy loaded for
+    ``runtime`` (onnxruntime or openvino): ((fcn, fcn'), (impact, impact'))."""
     import keras
 
-    d = tmp_path_factory.mktemp("onnx")
     keras.utils.set_random_seed(5)
     fcn, impact = build_discovery_fcn(12, 201), build_impact_cnn(12)
-    return (fcn, load_network(_saved(d, fcn, "fcn"), "fcn")), (impact, load_network(_saved(d, impact, "imp"), "imp"))
+    return ((fcn, load_network(_saved(d, fcn, "fcn"), "fcn", runtime=runtime)),
+            (impact, load_network(_saved(d, impact, "imp"), "imp", runtime=runtime)))
 
 
-def test_whole_networks_equal_keras(keras_and_ort):
-    (fcn, ofcn), (imp, oimp) = keras_and_ort
+def assert_networks_equal_keras(pairs) -> None:
+    """Both converted networks give Keras' outputs to 1e-5 (a batch of impact patches, an FCN span)."""
+    (fcn, ofcn), (imp, oimp) = pairs
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 21, 21, 12), dtype=np.float32)
     a, b = np.asarray(imp.predict_on_batch(x)), oimp.predict_on_batch(x)
@@ -56,6 +58,16 @@ def test_whole_networks_equal_keras(keras_and_ort):
     x = rng.standard_normal((1, 310, 283, 12), dtype=np.float32)
     a, b = np.asarray(fcn.predict_on_batch(x)), ofcn.predict_on_batch(x)
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def keras_and_ort(tmp_path_factory):
+    return keras_and_converted(tmp_path_factory.mktemp("onnx"), "onnxruntime")
+
+
+def test_whole_networks_equal_keras(keras_and_ort):
+    assert_networks_equal_keras(keras_and_ort)
+    (fcn, ofcn), _ = keras_and_ort
     assert ofcn.output_shape[-1] == 2 and ofcn.input_shape[-1] == 12
     assert fcn_flops(ofcn, 500, 400) == fcn_flops(fcn, 500, 400) > 0
 

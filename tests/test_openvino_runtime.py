@@ -15,9 +15,9 @@ from test_inference import (  # noqa: F401 - models, scene_tile: fixtures
     models,
     scene_tile,
 )
-from test_onnx_runtime import _detect_cli, _saved
+from test_onnx_runtime import _detect_cli, _saved, assert_networks_equal_keras, keras_and_converted
 
-from minescan.models.networks import STRIDE, FcnGeometry, build_discovery_fcn, build_impact_cnn
+from minescan.models.networks import STRIDE, FcnGeometry, build_discovery_fcn
 from minescan.models.onnx_net import OvNetwork, Unsupported, available, load_network, ov_cpu_bf16
 from minescan.models.store import load_model
 from minescan.scan.device import PRECISION_TOLERANCE, DeviceError, detect_runtime
@@ -28,27 +28,15 @@ pytest.importorskip("openvino")
 
 @pytest.fixture(scope="module")
 def keras_and_ov(tmp_path_factory):
-    import keras
-
-    d = tmp_path_factory.mktemp("ov")
-    keras.utils.set_random_seed(5)
-    fcn, impact = build_discovery_fcn(12, 201), build_impact_cnn(12)
-    return ((fcn, load_network(_saved(d, fcn, "fcn"), "fcn", runtime="openvino")),
-            (impact, load_network(_saved(d, impact, "imp"), "imp", runtime="openvino")))
+    return keras_and_converted(tmp_path_factory.mktemp("ov"), "openvino")
 
 
 def test_networks_equal_keras_in_float32(keras_and_ov):
     """float32 is asked for explicitly: on CPUs with AMX OpenVINO computes in bfloat16 unless told, which
     would miss 1e-5 by orders of magnitude."""
-    (fcn, ofcn), (imp, oimp) = keras_and_ov
+    (_, ofcn), _ = keras_and_ov
     assert isinstance(ofcn, OvNetwork) and ofcn.runtime == "openvino"
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((7, 21, 21, 12), dtype=np.float32)
-    a, b = np.asarray(imp.predict_on_batch(x)), oimp.predict_on_batch(x)
-    assert a.shape == b.shape == (7, 3) and np.abs(a - b).max() <= 1e-5
-    x = rng.standard_normal((1, 310, 283, 12), dtype=np.float32)
-    a, b = np.asarray(fcn.predict_on_batch(x)), ofcn.predict_on_batch(x)
-    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
+    assert_networks_equal_keras(keras_and_ov)
 
 
 @pytest.mark.parametrize("kx,ky", RECTS)
