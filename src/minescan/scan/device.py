@@ -271,7 +271,8 @@ def detect_runtime(requested: str, *, precision: str = "float32", require_gpu: b
 
 
 def cpu_device(note: str) -> Device:
-    """The :class:`Device` of a job that does not start TensorFlow (ONNX Runtime on the CPU); logged."""
+    """The :class:`Device` of a job that does not start TensorFlow (ONNX Runtime or OpenVINO on the CPU,
+    ``note``); logged."""
     dev = Device("CPU", CPU_LABEL, cpu_threads(), note=note)
     log.info(dev.log_line())
     return dev

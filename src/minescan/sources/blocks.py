@@ -9,9 +9,9 @@ straight to the pixel-interleaved layout the scan uses (1.16-1.25 CPU-s for the 
 and keeps the last rows of blocks for the next strips.
 
 It reads only what it can read exactly: a window inside the file, from a file whose blocks tifffile
-decodes (any compression and predictor imagecodecs has). Anything else (a strip-organised or
-band-sequential file, a block missing from a sparse file, an error) makes :meth:`BlockDecoder.read` return
-None and the caller reads with GDAL, as before. Tests compare it with GDAL pixel for pixel.
+decodes with a lossless compression (:data:`LOSSLESS`, any predictor). Anything else (a strip-organised or
+band-sequential file, a lossy compression, a block missing from a sparse file, an error) is read by GDAL,
+as before: the constructor refuses the file, or :meth:`BlockDecoder.read` returns None. Tests compare it with GDAL pixel for pixel.
 """
 
 from __future__ import annotations
