@@ -199,20 +199,27 @@ def _detect_cli(t, path, models_, out, runtime):
 
 
 def test_detect_job_on_onnxruntime_equals_tensorflow_and_never_starts_it(tmp_path, scene_tile, models):  # noqa: F811
-    import rasterio
-
     t, path = scene_tile
     tf_used, _ = _detect_cli(t, path, models, tmp_path / "tf", "tensorflow")
     assert tf_used
     tf_used, log = _detect_cli(t, path, models, tmp_path / "ort", "onnxruntime")
     assert not tf_used, "the onnxruntime job imported TensorFlow"
     assert "device: CPU" in log and "onnxruntime" in log and "job timing" in log
+    assert_same_detect_outputs(tmp_path, ("tf", "tensorflow"), ("ort", "onnxruntime"))
+
+
+def assert_same_detect_outputs(d, first: tuple[str, str], second: tuple[str, str]) -> None:
+    """The two _detect_cli runs in ``d`` (each (directory, runtime)) wrote the same probabilities (1e-5),
+    tagged with their runtimes on the CPU, and the same rated candidates (NW has some)."""
+    import rasterio
+
+    (da, ra), (db, rb) = first, second
     for q in ("nw", "se"):
-        with rasterio.open(tmp_path / "tf" / f"{q}.tif") as a, rasterio.open(tmp_path / "ort" / f"{q}.tif") as b:
+        with rasterio.open(d / da / f"{q}.tif") as a, rasterio.open(d / db / f"{q}.tif") as b:
             _same(a.read(1), b.read(1))
             assert a.tags()["DEVICE"] == b.tags()["DEVICE"] == "CPU"
-            assert (a.tags()["RUNTIME"], b.tags()["RUNTIME"]) == ("tensorflow", "onnxruntime")
-        ca, cb = pd.read_csv(tmp_path / "tf" / f"{q}.csv"), pd.read_csv(tmp_path / "ort" / f"{q}.csv")
+            assert (a.tags()["RUNTIME"], b.tags()["RUNTIME"]) == (ra, rb)
+        ca, cb = pd.read_csv(d / da / f"{q}.csv"), pd.read_csv(d / db / f"{q}.csv")
         assert len(ca) > 0 or q == "se"
         pd.testing.assert_frame_equal(ca, cb, atol=2e-6)
 

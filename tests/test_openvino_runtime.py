@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from test_inference import (  # noqa: F401 - models, scene_tile: fixtures
     RECTS,
@@ -15,7 +14,13 @@ from test_inference import (  # noqa: F401 - models, scene_tile: fixtures
     models,
     scene_tile,
 )
-from test_onnx_runtime import _detect_cli, _saved, assert_networks_equal_keras, keras_and_converted
+from test_onnx_runtime import (
+    _detect_cli,
+    _saved,
+    assert_networks_equal_keras,
+    assert_same_detect_outputs,
+    keras_and_converted,
+)
 
 from minescan.models.networks import STRIDE, FcnGeometry, build_discovery_fcn
 from minescan.models.onnx_net import OvNetwork, Unsupported, available, load_network, ov_cpu_bf16
@@ -167,20 +172,12 @@ def test_runtime_choice_for_openvino(monkeypatch):
 def test_detect_job_on_openvino_equals_onnxruntime(tmp_path, scene_tile, models):  # noqa: F811
     """A detect process on OpenVINO (float32) writes the probabilities and rated candidates of one on ONNX
     Runtime, and never starts TensorFlow."""
-    import rasterio
-
     t, path = scene_tile
     _detect_cli(t, path, models, tmp_path / "ort", "onnxruntime")
     tf_used, log = _detect_cli(t, path, models, tmp_path / "ov", "openvino")
     assert not tf_used, "the openvino job imported TensorFlow"
     assert "device: CPU" in log and "openvino" in log and "FCN (whole" in log
-    for q in ("nw", "se"):
-        with rasterio.open(tmp_path / "ort" / f"{q}.tif") as a, rasterio.open(tmp_path / "ov" / f"{q}.tif") as b:
-            _same(a.read(1), b.read(1))
-            assert b.tags()["RUNTIME"] == "openvino"
-        ca, cb = pd.read_csv(tmp_path / "ort" / f"{q}.csv"), pd.read_csv(tmp_path / "ov" / f"{q}.csv")
-        assert len(ca) > 0 or q == "se"
-        pd.testing.assert_frame_equal(ca, cb, atol=2e-6)
+    assert_same_detect_outputs(tmp_path, ("ort", "onnxruntime"), ("ov", "openvino"))
 
 
 def test_shipped_ensemble_streams_as_whole_strips_on_openvino():
