@@ -61,6 +61,31 @@ COMPRESSIONS = {  # name -> creation options (GDAL GTiff)
 }
 
 
+def copy_tile(src: Path, dst: Path, compression: str) -> None:
+    """``src`` stored as ``compression`` with make-tile's profile (minescan.sources.local.tile_profile)."""
+    import rasterio
+
+    from minescan.sources.local import tile_profile
+
+    with rasterio.open(src) as s:
+        profile = {**s.profile, **tile_profile(compression)}
+        for k in ("predictor", "zstd_level"):
+            if k not in tile_profile(compression):
+                profile.pop(k, None)
+        tmp = dst.with_suffix(".part.tif")
+        with rasterio.open(tmp, "w", **profile) as d:
+            d.descriptions = s.descriptions
+            d.update_tags(**s.tags())
+            for _, w in s.block_windows(1):
+                d.write(s.read(window=w), window=w)
+    fd = os.open(tmp, os.O_RDONLY)  # written back now, not while the jobs on it are timed
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.rename(dst)
+
+
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -408,6 +433,23 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
              f"{to['wall_s']:.2f} s = {to['wall_s'] / 4:.2f} s per quadrant (detect {to['detect_s']:.2f} s, peak RSS "
              f"{to['detect_rss_mb']:.0f} MB); NW byte-identical to its own process: {ov_identical}")
 
+        # the same jobs on the tile stored uncompressed (source.tile_compression: none), as make-tile writes it
+        raw_path = work / f"{bq.tile_id(tile_px)}-none.tif"
+        if not raw_path.exists():
+            bq.say("the tile stored uncompressed (source.tile_compression: none) ...")
+            copy_tile(tile_path, raw_path, "none")
+        jn = detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args)
+        tn = detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args)
+        same = all((work / f"ovnt_{q}" / "probability.tif").read_bytes() == (work / f"ovt_{q}" / "probability.tif").read_bytes()
+                   and (work / f"ovnt_{q}" / "classified.csv").read_bytes() == (work / f"ovt_{q}" / "classified.csv").read_bytes()
+                   for q in QUADRANTS)
+        o.update(job_none={k: v for k, v in jn.items() if k != "outs"}, tile_none={k: v for k, v in tn.items() if k != "outs"},
+                 none_identical=same, none_gb=raw_path.stat().st_size / 2**30, zstd_gb=tile_path.stat().st_size / 2**30)
+        note(f"uncompressed tile ({o['none_gb']:.2f} GB vs {o['zstd_gb']:.2f} GB ZSTD), OpenVINO {prec}",
+             f"quadrant job {jn['wall_s']:.2f} s (read-ahead thread {jn['timing']['read_in_thread']:.2f} s vs "
+             f"{jo['timing']['read_in_thread']:.2f} s); tile per process {tn['wall_s']:.2f} s = {tn['wall_s'] / 4:.2f} s "
+             f"per quadrant; outputs byte-identical to the ZSTD tile's: {same}")
+
     # tile compression
     if not args.skip_compression:
         import rasterio
@@ -446,7 +488,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         o = res["ov"]
         bf16_diff = max(bf16_diff, o["max_diff"]) if o["precision"] == "bfloat16" else bf16_diff
         diff = max(diff, o["max_diff"]) if o["precision"] == "float32" else diff
-        same_nan, identical = same_nan and o["nan_equal"], identical and o["tile_identical"]
+        same_nan, identical = same_nan and o["nan_equal"], identical and o["tile_identical"] and o["none_identical"]
     if not (diff <= 1e-5 and same_nan and identical and bf16_diff <= PRECISION_TOLERANCE["bfloat16"]):
         raise SystemExit(f"FAIL: job vs floor max |diff| {diff:.2e}, NaN equal {same_nan}; tile mode identical "
                          f"{identical}; bfloat16 max |diff| {bf16_diff:.4f} (tolerance "
@@ -492,6 +534,10 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
     if ov:
         line(f"**quadrant job, OpenVINO {ov['precision']}: detect + classify processes**", ov["job"]["wall_s"])
         line(f"**tile per process, OpenVINO {ov['precision']}: per quadrant**", ov["tile"]["wall_s"] / 4)
+        line(f"**quadrant job, OpenVINO {ov['precision']}, uncompressed tile: detect + classify processes**",
+             ov["job_none"]["wall_s"])
+        line(f"**tile per process, OpenVINO {ov['precision']}, uncompressed tile: per quadrant**",
+             ov["tile_none"]["wall_s"] / 4)
     print("\nbreakdown of the detect process (s): one quadrant / a tile's 4 quadrants in one process, on ONNX "
           "Runtime and on TensorFlow:")
     cols = [(job["timing"], job["exit_s"], job["classify_s"]),
@@ -501,8 +547,10 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
     heads = ["ORT 1 quadrant", "ORT tile (4)", "TF 1 quadrant", "TF tile (4)"]
     if ov:
         jo, to = ov["job"], ov["tile"]
-        cols += [(jo["timing"], jo["exit_s"], jo["classify_s"]), (to["timing"], to["exit_s"], to["classify_s"])]
-        heads += [f"OV {ov['precision']} 1 quadrant", f"OV {ov['precision']} tile (4)"]
+        jn, tn = ov["job_none"], ov["tile_none"]
+        cols += [(x["timing"], x["exit_s"], x["classify_s"]) for x in (jo, to, jn, tn)]
+        heads += [f"OV {ov['precision']} 1 quadrant", f"OV {ov['precision']} tile (4)",
+                  f"OV {ov['precision']} 1 quadrant, uncompressed", f"OV {ov['precision']} tile (4), uncompressed"]
     keys = ("startup", "imports", "tensorflow_import", "device", "models", "stream_build", "first_call", "network",
             "fcn_other", "impact", "checks", "candidates", "write", "other")
     names = {"startup": "interpreter + CLI imports", "imports": "scan-module imports", "tensorflow_import":
@@ -543,6 +591,12 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
         print(f"  on OpenVINO, {ov['precision']} (detect.precision: {ov['precision']}): 1 quadrant {jo_s / floor:.2f} x "
               f"({ok(jo_s <= 2.5 * floor)}), tile per process {to_s / floor:.2f} x ({ok(to_s <= 1.3 * floor)}), peak "
               f"RSS {orss / 1024:.2f} GB ({ok(orss <= 2560)}); Brazil {4000 * to_s / 3600:.1f} h tile per process")
+        jn_s, tn_s = ov["job_none"]["wall_s"], ov["tile_none"]["wall_s"] / 4
+        nrss = max(ov["job_none"]["detect_rss_mb"], ov["tile_none"]["detect_rss_mb"])
+        print(f"  on OpenVINO, {ov['precision']}, uncompressed tiles (source.tile_compression: none): 1 quadrant "
+              f"{jn_s / floor:.2f} x ({ok(jn_s <= 2.5 * floor)}), tile per process {tn_s / floor:.2f} x "
+              f"({ok(tn_s <= 1.3 * floor)}), peak RSS {nrss / 1024:.2f} GB ({ok(nrss <= 2560)}); Brazil "
+              f"{4000 * tn_s / 3600:.1f} h tile per process")
     n_q = 4000
     print(f"Brazil (~{n_q} quadrants of this size) on one such machine: {n_q * per_q_tile / 3600:.1f} h tile per "
           f"process, {n_q * t['four_processes_s'] / 4 / 3600:.1f} h quadrant per process, "

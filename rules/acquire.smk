@@ -100,10 +100,11 @@ if config["source"]["kind"] in ("demo", "local"):
             ),
             resampling=config["source"]["local"]["resampling"],
             nodata=config["source"]["nodata"],
+            compression=config["source"]["tile_compression"],
         resources:
             mem_mb=4000,
             runtime=30,
         shell:
             "minescan make-tile --tile {wildcards.tile} --sources {input:q} --period {wildcards.period} "
             "--bands {params.bands} {params.band_names} --resampling {params.resampling} "
-            "--nodata {params.nodata} {params.grid} --out {output:q} 2> {log:q}"
+            "--nodata {params.nodata} --compression {params.compression:q} {params.grid} --out {output:q} 2> {log:q}"

@@ -58,6 +58,21 @@ def test_model_tile_band_mismatch_names_the_band(tmp_path, tile_and_path):
         run_detect(path, t, "NW", model, _region(t), 1e-4, None, 8, tmp_path / "p.tif", tmp_path / "c.csv")
 
 
+def test_tile_without_band_names_says_so(tmp_path, bright_model_dir, tile_and_path):
+    """A tile whose bands lost their descriptions (e.g. re-written by another tool): the error says the file
+    has no band names, not an empty list."""
+    t, path = tile_and_path
+    bare = tmp_path / "bare.tif"
+    with rasterio.open(path) as src:
+        profile, data = src.profile, src.read()
+    with rasterio.open(bare, "w", **profile) as dst:
+        dst.write(data)
+    with pytest.raises(BandMismatchError, match=r"bare.tif: .* are missing \(the file has no band names\)$"):
+        run_detect(bare, t, "NW", load_model(bright_model_dir), _region(t), 1e-4, None, 8,
+                   tmp_path / "p.tif", tmp_path / "c.csv")
+    assert not (tmp_path / "p.tif").exists()
+
+
 def test_all_nodata_quadrant_is_an_error_unless_allowed(tmp_path, bright_model_dir, tile_and_path):
     t, good = tile_and_path
     path = tmp_path / "empty.tif"

@@ -123,3 +123,42 @@ def test_without_the_libraries_it_is_gdal(tmp_path, monkeypatch):
     monkeypatch.setattr(blocks, "available", lambda: False)
     with TileRaster(path) as r:
         assert not r.use_block_decoder(2)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_make_tile_stores_as_asked_and_the_block_decoder_reads_it(tmp_path, compression):
+    """source.tile_compression: make-tile writes ZSTD + predictor or uncompressed blocks holding the same
+    pixels, both read by the block decoder as by GDAL."""
+    from conftest import grid_tile, write_scene
+
+    from minescan import SENTINEL2_BANDS
+    from minescan.sources.local import make_tile
+
+    t = grid_tile()
+    scene = write_scene(tmp_path / "scene.tif", [t])
+    paths = {}
+    for c in ("zstd", compression):
+        paths[c] = tmp_path / f"tile_{c}.tif"
+        make_tile(t, [scene], list(SENTINEL2_BANDS), paths[c], compression=c)
+    with rasterio.open(paths[compression]) as ds:
+        assert (ds.compression.name if ds.compression else "none") == compression
+        assert ds.profile["interleave"] == "pixel" and ds.block_shapes[0] == (512, 512)
+        pixels = ds.read()
+    with rasterio.open(paths["zstd"]) as ds:
+        np.testing.assert_array_equal(ds.read(), pixels)
+    dec = BlockDecoder(paths[compression])
+    try:
+        np.testing.assert_array_equal(dec.read(3, 500, 700, 530, list(range(12))), pixels[:, 500:530, 3:700].transpose(1, 2, 0))
+    finally:
+        dec.close()
+
+
+def test_make_tile_refuses_an_unknown_compression(tmp_path):
+    from conftest import grid_tile
+
+    from minescan.errors import ConfigError
+    from minescan.sources.local import make_tile
+
+    with pytest.raises(ConfigError, match="source.tile_compression"):
+        make_tile(grid_tile(), [], ["B4"], tmp_path / "t.tif", compression="lzma")
+    assert not (tmp_path / "t.tif").exists()

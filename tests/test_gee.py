@@ -241,6 +241,35 @@ def test_compute_pixels_tile_values_georeferencing_and_requests(tmp_path):
     assert not list((tmp_path / "cache").glob("**/*.parts"))  # the blocks are removed once the tile is written
 
 
+@pytest.mark.parametrize(("compression", "stored", "predictor"), [("zstd", "zstd", 2), ("none", None, None)])
+def test_tile_cog_is_stored_as_configured_and_read_by_the_block_decoder(tmp_path, compression, stored, predictor):
+    """source.tile_compression reaches the COG (ZSTD + predictor by default, not DEFLATE), whose
+    full-resolution blocks the detect job's block decoder reads as GDAL does."""
+    from minescan.sources.blocks import BlockDecoder
+
+    out = tmp_path / "t.tif"
+    cfg = cfgmod.validate({"region": {"name": "r", "file": "x.geojson"}, "periods": ["2026Q1"],
+                           "source": {"kind": "gee", "tile_compression": compression}})
+    s = replace(GeeSettings.from_config(cfg), cache_dir=str(tmp_path / "cache"))
+    assert s.tile_compression == compression
+    acquire_tile(TILE, "2026Q1", s, out, ee=FakeEE(FakeData()), retrier=retrier())
+    check_tile_file(out, TILE)
+    with rasterio.open(out) as ds:
+        assert (ds.compression.name if ds.compression else None) == stored
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == (str(predictor) if predictor else None)
+        gdal = ds.read(window=rasterio.windows.Window(37, 401, 530, 190)).transpose(1, 2, 0)
+    dec = BlockDecoder(out)
+    try:
+        np.testing.assert_array_equal(dec.read(37, 401, 567, 591, list(range(12))), gdal)
+    finally:
+        dec.close()
+
+
+def test_tile_compression_from_a_spec_is_checked():
+    with pytest.raises(ConfigError, match="source.tile_compression"):
+        GeeSettings.from_dict({"tile_compression": "lzma"})
+
+
 def test_band_order_follows_the_config(tmp_path):
     order = ("B12", "B4", "B8A", "B1")
     data = FakeData()

@@ -39,7 +39,8 @@ def cmd_make_tile(args) -> int:
     from minescan.sources.local import expand_sources, make_tile
 
     info = make_tile(tile_from_args(args), expand_sources(args.sources, args.period), args.bands, args.out,
-                     band_names=args.band_names, resampling=args.resampling, nodata=args.nodata)
+                     band_names=args.band_names, resampling=args.resampling, nodata=args.nodata,
+                     compression=args.compression)
     log.info("tile %s written to %s (%.1f %% valid)", info["tile"], args.out, 100 * info["valid_fraction"])
     return 0
 
@@ -76,6 +77,9 @@ def register(sub) -> None:
     p.add_argument("--band-names", nargs="+", default=None, help="band names of the sources if undescribed")
     p.add_argument("--resampling", default="nearest", choices=["nearest", "bilinear", "cubic", "average"])
     p.add_argument("--nodata", type=int, default=0)
+    p.add_argument("--compression", default="zstd", choices=["zstd", "none"],
+                   help="how the tile is stored (source.tile_compression): ZSTD level 1 + predictor, or uncompressed "
+                        "(1.6 x the size, read in a quarter of the CPU time)")
     p.add_argument("--out", required=True)
     grid_args(p)
     p.set_defaults(func=cmd_make_tile)

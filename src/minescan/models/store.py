@@ -70,7 +70,7 @@ class LoadedModel:
         if missing:
             raise BandMismatchError(
                 f"{source}: band(s) {', '.join(missing)} required by model {self.path} are missing "
-                f"(the file has {', '.join(available) or 'no named bands'})"
+                f"(the file has {', '.join(b or '?' for b in available) if any(available) else 'no band names'})"
             )
         return [available.index(b) for b in self.bands]
 

@@ -1,9 +1,10 @@
 """Tile GeoTIFFs: making them from local imagery (any CRS) and reading windows of them.
 
-A tile file is a tiled, ZSTD-compressed (level 1, horizontal predictor) uint16 GeoTIFF in the tile's UTM
-CRS, covering core + halo on the grid of :mod:`minescan.grid`, with the band names as band descriptions (the
-models select bands by name); tiles written as DEFLATE by earlier versions are read the same. It is written to a temporary name and renamed when complete, so a crash never leaves a partial
-tile that a rerun would take as done.
+A tile file is a tiled, pixel-interleaved uint16 GeoTIFF in the tile's UTM CRS (ZSTD level 1 + horizontal
+predictor, or uncompressed: ``source.tile_compression``), covering core + halo on the grid of
+:mod:`minescan.grid`, with the band names as band descriptions (the models select bands by name); tiles
+written as DEFLATE by earlier versions are read the same. It is written to a temporary name and renamed
+when complete, so a crash never leaves a partial tile that a rerun would take as done.
 """
 
 from __future__ import annotations
@@ -19,16 +20,29 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from minescan.errors import BandMismatchError, InputDataError, NoDataError
+from minescan.errors import BandMismatchError, ConfigError, InputDataError, NoDataError
 from minescan.grid import Tile
 from minescan.io_utils import atomic_output
 
 log = logging.getLogger(__name__)
 
-# ZSTD level 1 + predictor: decodes in about half the CPU time of DEFLATE + predictor at the same size
-# (benchmarks/bench_floor.py; docs/readme-issue19.md): a detect job decodes its whole quadrant span once.
-TILE_PROFILE = {"driver": "GTiff", "dtype": "uint16", "tiled": True, "blockxsize": 512, "blockysize": 512,
-                "compress": "zstd", "zstd_level": 1, "predictor": 2, "interleave": "pixel", "bigtiff": "if_safer"}
+# Tile compressions (config key source.tile_compression). ZSTD level 1 + predictor (the default): decodes
+# in about half the CPU time of DEFLATE + predictor at the same size; uncompressed: 1.6 x the size, read in
+# about a quarter of ZSTD's CPU time (benchmarks/bench_floor.py, docs/performance.md). A detect job reads
+# its whole quadrant span once.
+TILE_COMPRESSIONS = {"zstd": {"compress": "zstd", "zstd_level": 1, "predictor": 2}, "none": {"compress": "none"}}
+
+
+def tile_profile(compression: str = "zstd") -> dict:
+    """The GeoTIFF creation profile of a tile stored with ``compression`` (:data:`TILE_COMPRESSIONS`)."""
+    if compression not in TILE_COMPRESSIONS:
+        raise ConfigError(f"key 'source.tile_compression': '{compression}' is not one of "
+                          f"{', '.join(TILE_COMPRESSIONS)}")
+    return {"driver": "GTiff", "dtype": "uint16", "tiled": True, "blockxsize": 512, "blockysize": 512,
+            "interleave": "pixel", "bigtiff": "if_safer", **TILE_COMPRESSIONS[compression]}
+
+
+TILE_PROFILE = tile_profile()
 
 
 def expand_sources(paths: list[str], period: str | None = None) -> list[Path]:
@@ -147,9 +161,12 @@ def open_raster(path):
 
 
 def make_tile(tile: Tile, sources: list[Path], bands: list[str], out_path, band_names: list[str] | None = None,
-              resampling: str = "nearest", nodata: int = 0, block_rows: int = 1024) -> dict:
-    """Warp ``sources`` (first valid pixel wins) into the tile's grid and write the tile GeoTIFF."""
+              resampling: str = "nearest", nodata: int = 0, block_rows: int = 1024, compression: str = "zstd") -> dict:
+    """Warp ``sources`` (first valid pixel wins) into the tile's grid and write the tile GeoTIFF, stored
+    with ``compression`` (:func:`tile_profile`)."""
     size = tile.size_px
+    profile = dict(tile_profile(compression), count=len(bands), width=size, height=size, crs=tile.crs,
+                   transform=tile.transform, nodata=nodata)
     inputs = []
     for path in sources:
         ds = open_raster(path)
@@ -162,8 +179,6 @@ def make_tile(tile: Tile, sources: list[Path], bands: list[str], out_path, band_
             ds.close()
             raise InputDataError(f"{path}: has no CRS")
         inputs.append((path, ds, [names.index(b) + 1 for b in bands]))
-    profile = dict(TILE_PROFILE, count=len(bands), width=size, height=size, crs=tile.crs,
-                   transform=tile.transform, nodata=nodata)
     valid_px = 0
     try:
         with atomic_output(out_path) as tmp:

@@ -62,6 +62,7 @@ class GeeSettings:
     max_backoff_seconds: float = 120.0
     cache_dir: str = "results/cache/gee"
     chip_sizes: tuple[int, ...] = (201, 21)
+    tile_compression: str = "zstd"  # how tile COGs are stored (source.tile_compression), not what they hold
     export: ExportSettings = field(default_factory=ExportSettings)
     # authentication (paths and names only: never a secret)
     project: str | None = None
@@ -78,6 +79,7 @@ class GeeSettings:
         cache_dir = g.pop("cache_dir", None) or str(Path(cfg.get("results_dir", "results")) / "cache" / "gee")
         settings = cls(**{**g, "bands": tuple(cfg["bands"]), "chip_sizes": tuple(g.get("chip_sizes", (201, 21))),
                           "nodata": int(cfg["source"].get("nodata", 0)), "cache_dir": cache_dir,
+                          "tile_compression": cfg["source"].get("tile_compression", "zstd"),
                           "export": export})
         settings.check()
         return settings
@@ -103,6 +105,8 @@ class GeeSettings:
         if self.route == "export" and self.export.destination == "gcs" and not self.export.bucket:
             raise ConfigError("key 'source.gee.export.bucket' is needed for route 'export' to Cloud Storage "
                               "(or set source.gee.export.destination: drive, or route: compute_pixels)")
+        if self.tile_compression not in ("zstd", "none"):  # minescan.sources.local.TILE_COMPRESSIONS
+            raise ConfigError(f"key 'source.tile_compression': '{self.tile_compression}' is not one of zstd, none")
         if self.request_limit_bytes > REQUEST_LIMIT_BYTES:
             raise ConfigError("key 'source.gee.max_request_mb' is above Earth Engine's 48 MB computePixels limit")
 

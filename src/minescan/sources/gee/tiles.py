@@ -30,12 +30,22 @@ from minescan.io_utils import atomic_output
 from minescan.sources.gee import compute_pixels as cp
 from minescan.sources.gee import export as ex
 from minescan.sources.gee.composite import build_composite, rectangle
-from minescan.sources.local import TILE_PROFILE, TileRaster
+from minescan.sources.local import TileRaster, tile_profile
 
 log = logging.getLogger(__name__)
 
-COG_OPTIONS = {"COMPRESS": "DEFLATE", "PREDICTOR": "2", "BLOCKSIZE": "512", "BIGTIFF": "IF_SAFER",
-               "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE", "NUM_THREADS": "ALL_CPUS"}
+# The tile COG: the full-resolution image in 512 px pixel-interleaved blocks (what a detect job's block
+# decoder reads, minescan.sources.blocks), overviews for viewing; compressed as source.tile_compression says
+# (ZSTD level 1 + predictor, or none: see minescan.sources.local.TILE_COMPRESSIONS).
+COG_OPTIONS = {"BLOCKSIZE": "512", "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO", "OVERVIEW_RESAMPLING": "AVERAGE",
+               "NUM_THREADS": "ALL_CPUS"}
+COG_COMPRESSIONS = {"zstd": {"COMPRESS": "ZSTD", "LEVEL": "1", "PREDICTOR": "2"}, "none": {"COMPRESS": "NONE"}}
+
+
+def cog_options(compression: str = "zstd") -> dict:
+    """GDAL COG creation options of a tile stored with ``compression``."""
+    tile_profile(compression)  # the one check of the name (ConfigError)
+    return {**COG_COMPRESSIONS[compression], **COG_OPTIONS}
 
 
 def cache_paths(settings, tile, period: str) -> tuple[str, Path, Path]:
@@ -70,14 +80,15 @@ def is_valid_tile(path: Path, tile, bands: list[str], key: str) -> bool:
         return False
 
 
-def write_tile(tile, bands: list[str], out_path: Path, fill, tags_for) -> float:
+def write_tile(tile, bands: list[str], out_path: Path, fill, tags_for, compression: str = "zstd") -> float:
     """Write a tile COG: ``fill(dataset)`` writes the pixels into a tiled staging GeoTIFF and returns the
-    number of valid pixels; the staging file is then copied to ``out_path`` as a COG, atomically."""
+    number of valid pixels; the staging file is then copied to ``out_path`` as a COG (stored with
+    ``compression``, :func:`cog_options`), atomically."""
     from rasterio.shutil import copy as rio_copy
 
     size = tile.size_px
     staging = out_path.with_name(f".{out_path.stem}.staging-{os.getpid()}.tif")
-    profile = dict(TILE_PROFILE, count=len(bands), width=size, height=size, crs=tile.crs,
+    profile = dict(tile_profile(compression), count=len(bands), width=size, height=size, crs=tile.crs,
                    transform=tile.transform, nodata=0)
     try:
         with rasterio.open(staging, "w", **profile) as dst:
@@ -86,7 +97,7 @@ def write_tile(tile, bands: list[str], out_path: Path, fill, tags_for) -> float:
             fraction = valid / size**2
             dst.update_tags(**tags_for(fraction))
         with atomic_output(out_path) as tmp:
-            rio_copy(staging, tmp, driver="COG", **COG_OPTIONS)
+            rio_copy(staging, tmp, driver="COG", **cog_options(compression))
     finally:
         staging.unlink(missing_ok=True)
     return fraction
@@ -145,14 +156,15 @@ def acquire_tile(tile, period: str, settings, out_path, *, ee=None, retrier=None
         log.info("%s: %d x %d px, %d bands in %d computePixels requests (concurrency %d)", what, tile.size_px,
                  tile.size_px, len(bands), len(blocks), settings.concurrency)
         fetched = cp.fetch_blocks(ee, image, tile, bands, blocks, store, retrier, settings.concurrency, what)
-        fraction = write_tile(tile, bands, cached, lambda dst: cp.write_blocks(store, blocks, dst), tags_for)
+        fraction = write_tile(tile, bands, cached, lambda dst: cp.write_blocks(store, blocks, dst), tags_for,
+                              settings.tile_compression)
         info.update(source="computePixels", requests=fetched, blocks=len(blocks))
     elif settings.route == "export":
         store = (store_factory or (lambda: ex.make_store(settings, _credentials(), ee)))()
         paths = ex.run_export(ee, image, tile, period, key, settings, parts / "export", store, retrier,
                               sleep=sleep, clock=clock)
         fraction = write_tile(tile, bands, cached, lambda dst: ex.write_shards(paths, tile, len(bands), dst),
-                              tags_for)
+                              tags_for, settings.tile_compression)
         info.update(source="export", files=len(paths))
     else:
         raise InputDataError(f"unknown source.gee.route '{settings.route}' (compute_pixels or export)")
