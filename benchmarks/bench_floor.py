@@ -438,6 +438,9 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         if not raw_path.exists():
             bq.say("the tile stored uncompressed (source.tile_compression: none) ...")
             copy_tile(tile_path, raw_path, "none")
+        with open(raw_path, "rb") as f:  # into the page cache, as the ZSTD tile is after the jobs above
+            while f.read(64 << 20):
+                pass
         jn = detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args)
         tn = detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args)
         same = all((work / f"ovnt_{q}" / "probability.tif").read_bytes() == (work / f"ovt_{q}" / "probability.tif").read_bytes()
