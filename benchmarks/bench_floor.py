@@ -61,31 +61,6 @@ COMPRESSIONS = {  # name -> creation options (GDAL GTiff)
 }
 
 
-def copy_tile(src: Path, dst: Path, compression: str) -> None:
-    """``src`` stored as ``compression`` with make-tile's profile (minescan.sources.local.tile_profile)."""
-    import rasterio
-
-    from minescan.sources.local import tile_profile
-
-    with rasterio.open(src) as s:
-        profile = {**s.profile, **tile_profile(compression)}
-        for k in ("predictor", "zstd_level"):
-            if k not in tile_profile(compression):
-                profile.pop(k, None)
-        tmp = dst.with_suffix(".part.tif")
-        with rasterio.open(tmp, "w", **profile) as d:
-            d.descriptions = s.descriptions
-            d.update_tags(**s.tags())
-            for _, w in s.block_windows(1):
-                d.write(s.read(window=w), window=w)
-    fd = os.open(tmp, os.O_RDONLY)  # written back now, not while the jobs on it are timed
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.rename(dst)
-
-
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -437,7 +412,9 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         raw_path = work / f"{bq.tile_id(tile_px)}-none.tif"
         if not raw_path.exists():
             bq.say("the tile stored uncompressed (source.tile_compression: none) ...")
-            copy_tile(tile_path, raw_path, "none")
+            from minescan.sources.local import recompress_tile
+
+            recompress_tile(tile_path, raw_path, "none")
         with open(raw_path, "rb") as f:  # into the page cache, as the ZSTD tile is after the jobs above
             while f.read(64 << 20):
                 pass

@@ -8,6 +8,11 @@ and with ``--precision bfloat16`` on TensorFlow and (where the CPU has bfloat16 
 demo's own settings, and compares each bfloat16 run's probability rasters with float32's cell by cell (NaN
 cells must match) and the candidate cells. Prints one line per bfloat16 run and writes
 ``OUT/precision.json``. The float32 run is also compared with the demo scan's own probability rasters.
+
+Then the demo tiles are stored uncompressed (``source.tile_compression: none``, with
+:func:`minescan.sources.local.recompress_tile`) and float32 runs again on them: its probability rasters
+and candidates must be byte-identical to the ZSTD tiles' (one more line, and ``tile_compression`` in the
+JSON).
 """
 
 from __future__ import annotations
@@ -57,6 +62,25 @@ def read(path: Path) -> np.ndarray:
         return ds.read(1).astype(np.float64)
 
 
+def uncompressed_tiles(tiles: list[Path], options: list[str], out: Path) -> dict:
+    """float32 again on the tiles stored uncompressed; its outputs must equal the ZSTD tiles' byte for byte."""
+    from minescan.sources.local import recompress_tile
+
+    raw = out / "tiles-none"
+    for tile in tiles:
+        recompress_tile(tile, raw / tile.name, "none")
+        detect(raw / tile.name, "float32-uncompressed-tiles", options, out)
+    same = all((d / f).read_bytes() == (out / "float32-uncompressed-tiles" / d.name / f).read_bytes()
+               for d in sorted((out / "float32").glob("*_*/")) for f in ("probability.tif", "candidates.csv"))
+    r = {"tiles": len(tiles), "zstd_mb": sum(t.stat().st_size for t in tiles) / 2**20,
+         "none_mb": sum((raw / t.name).stat().st_size for t in tiles) / 2**20, "outputs_identical": same}
+    print(f"demo, uncompressed tiles (source.tile_compression: none): {r['tiles']} tiles, {r['none_mb']:.0f} MB "
+          f"against {r['zstd_mb']:.0f} MB stored as ZSTD; probabilities and candidates byte-identical: {same}")
+    if not same:
+        raise SystemExit("demo_precision: the uncompressed tiles gave other outputs than the ZSTD tiles")
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/tmp/demo-precision")
@@ -95,6 +119,7 @@ def main(argv=None) -> int:
         print(f"demo, {cells} cells, {name} ({' '.join(todo[name])}): largest |bfloat16 - float32| = {diff:.4f}; "
               f"candidates float32 {r['candidates_float32']}, bfloat16 {r['candidates_bfloat16']}, in common "
               f"{r['candidates_common']}; float32 vs the demo scan's rasters: {to_scan:g}")
+    res["tile_compression"] = uncompressed_tiles(tiles, todo["float32"], out)
     (out / "precision.json").write_text(json.dumps(res, indent=2) + "\n")
     return 0
 

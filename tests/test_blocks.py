@@ -162,3 +162,34 @@ def test_make_tile_refuses_an_unknown_compression(tmp_path):
     with pytest.raises(ConfigError, match="source.tile_compression"):
         make_tile(grid_tile(), [], ["B4"], tmp_path / "t.tif", compression="lzma")
     assert not (tmp_path / "t.tif").exists()
+
+
+def test_recompress_tile_keeps_pixels_names_tags_and_georeferencing(tmp_path):
+    """Switching an existing tile to another source.tile_compression changes the storage only."""
+    from conftest import grid_tile, write_scene
+
+    from minescan import SENTINEL2_BANDS
+    from minescan.sources.local import make_tile, recompress_tile
+
+    t = grid_tile()
+    zstd = tmp_path / "tile.tif"
+    make_tile(t, [write_scene(tmp_path / "scene.tif", [t])], list(SENTINEL2_BANDS), zstd)
+    for c in ("none", "zstd"):
+        out = tmp_path / f"re_{c}.tif"
+        recompress_tile(zstd if c == "none" else tmp_path / "re_none.tif", out, c)
+        with rasterio.open(zstd) as a, rasterio.open(out) as b:
+            assert (b.compression.name if b.compression else "none") == c
+            assert b.descriptions == a.descriptions and b.tags() == a.tags() and b.nodata == a.nodata
+            assert b.crs == a.crs and b.transform == a.transform and b.block_shapes == a.block_shapes
+            np.testing.assert_array_equal(b.read(), a.read())
+    assert sorted(p.name for p in tmp_path.glob("re_*")) == ["re_none.tif", "re_zstd.tif"]  # no temporary left
+
+
+def test_recompress_tile_refuses_a_file_that_is_no_tile(tmp_path):
+    from minescan.errors import InputDataError
+    from minescan.sources.local import recompress_tile
+
+    src = _write(tmp_path / "floats.tif", _data(np.float32), **FILES["none"])
+    with pytest.raises(InputDataError, match=r"floats.tif: not a tile \(float32 pixels"):
+        recompress_tile(src, tmp_path / "out.tif", "none")
+    assert not list(tmp_path.glob("out*"))

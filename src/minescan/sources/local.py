@@ -10,6 +10,7 @@ when complete, so a crash never leaves a partial tile that a rerun would take as
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +44,28 @@ def tile_profile(compression: str = "zstd") -> dict:
 
 
 TILE_PROFILE = tile_profile()
+
+
+def recompress_tile(src, dst, compression: str) -> None:
+    """Write tile ``src`` to ``dst`` stored with ``compression`` (:func:`tile_profile`): the same pixels, band
+    names, tags and georeferencing, in the same blocks; atomically, flushed to disk. For switching existing
+    tiles to another ``source.tile_compression`` without warping or fetching them again."""
+    profile = tile_profile(compression)
+    with rasterio.open(src) as s:
+        if s.dtypes[0] != "uint16":
+            raise InputDataError(f"{src}: not a tile ({s.dtypes[0]} pixels, tiles are uint16)")
+        out = {**{k: v for k, v in s.profile.items() if k not in ("predictor", "zstd_level", "compress")}, **profile}
+        with atomic_output(dst) as tmp:
+            with rasterio.open(tmp, "w", **out) as d:
+                d.descriptions = s.descriptions
+                d.update_tags(**s.tags())
+                for _, w in s.block_windows(1):
+                    d.write(s.read(window=w), window=w)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def expand_sources(paths: list[str], period: str | None = None) -> list[Path]:
