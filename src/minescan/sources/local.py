@@ -48,8 +48,9 @@ TILE_PROFILE = tile_profile()
 
 def recompress_tile(src, dst, compression: str) -> None:
     """Write tile ``src`` to ``dst`` stored with ``compression`` (:func:`tile_profile`): the same pixels, band
-    names, tags and georeferencing, in the same blocks; atomically, flushed to disk. For switching existing
-    tiles to another ``source.tile_compression`` without warping or fetching them again."""
+    names, tags and georeferencing, in a tile's 512 px pixel-interleaved blocks (a COG's overviews are not
+    copied); atomically, flushed to disk. For switching existing tiles to another
+    ``source.tile_compression`` without warping or fetching them again."""
     profile = tile_profile(compression)
     with rasterio.open(src) as s:
         if s.dtypes[0] != "uint16":
