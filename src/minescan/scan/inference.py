@@ -534,6 +534,26 @@ class _Tail(_Level):
         return y
 
 
+class _KeptRaw:
+    """Tile values (uint16) of span rows read, kept for the impact rating of the cells streamed: pieces of
+    rows are added as they are read and dropped once they end before the first row still needed."""
+
+    def __init__(self):
+        self._parts: list[tuple[int, np.ndarray]] = []  # (first span row, rows)
+
+    def keep(self, keep_from: int, new: list[tuple[int, np.ndarray]]) -> None:
+        """Drop the pieces ending at or before span row ``keep_from``; add the ``new`` (first row, rows)."""
+        self._parts = [(s, r) for s, r in self._parts if s + len(r) > keep_from] + new
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Tile values of span rows [a, b) (must have been read and not dropped)."""
+        parts = [r[max(a - s, 0) : b - s] for s, r in self._parts if s < b and s + len(r) > a]
+        got = sum(len(p) for p in parts)
+        if not parts or got != b - a or self._parts[0][0] > a:
+            raise AssertionError(f"span rows {a}:{b} are no longer (or not yet) in memory")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class _Source(_Level):
     """Level 0: the span's rows read from the tile and centred, the next strip read ahead in a thread.
 
@@ -549,7 +569,7 @@ class _Source(_Level):
         self._pieces: list[np.ndarray] = []  # rows read but not yet handed out, from self._ready_from on
         self._ready_from: int | None = None
         self.keep_raw, self.keep_from = keep_raw, 0
-        self._raw: list[tuple[int, np.ndarray]] = []  # (first row, tile values) of rows read
+        self._raw = _KeptRaw()  # tile values of the rows read, from keep_from on
         self.served = 0  # span rows handed to the first stage so far
 
     def close(self) -> None:
@@ -582,7 +602,7 @@ class _Source(_Level):
                 x, raw = self._load(start, b)
             self._pieces.append(x)
             if raw is not None:
-                self._raw = [(s, r) for s, r in self._raw if s + len(r) > self.keep_from] + [(start, raw)]
+                self._raw.keep(self.keep_from, [(start, raw)])
             got += len(x)
         loaded = a + got
         if self._pool is not None and self._future is None and loaded < self.height:
@@ -598,11 +618,7 @@ class _Source(_Level):
 
     def raw_rows(self, a: int, b: int) -> np.ndarray:
         """Tile values of span rows [a, b) (must have been read and not dropped)."""
-        parts = [r[max(a - s, 0) : b - s] for s, r in self._raw if s < b and s + len(r) > a]
-        got = sum(len(p) for p in parts)
-        if not parts or got != b - a or self._raw[0][0] > a:
-            raise AssertionError(f"span rows {a}:{b} are no longer (or not yet) in memory")
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return self._raw.rows(a, b)
 
 
 @dataclass
@@ -872,13 +888,7 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
         return lo, hi, pieces
 
     out = np.empty((ny, nx), dtype=np.float32)
-    raws: list[tuple[int, np.ndarray]] = []  # tile values still needed by on_rows: (first span row, rows)
-
-    def raw_rows(g0: int, g1: int) -> np.ndarray:
-        parts = [r[max(g0 - r0 - s0, 0) : g1 - r0 - s0] for s0, r in raws if s0 < g1 - r0 and s0 + len(r) > g0 - r0]
-        if sum(len(q) for q in parts) != g1 - g0:
-            raise AssertionError(f"tile rows {g0}:{g1} are no longer (or not yet) in memory")
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    kept = _KeptRaw()  # tile values still needed by on_rows
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="minescan-read") if prefetch else None
     compute_s = 0.0
@@ -902,9 +912,8 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
             frac = counts[k0 : k0 + h] / np.float32(STRIDE * STRIDE)
             out[k0 : k0 + h] = np.where(frac >= MIN_VALID_FRACTION, y, np.float32(np.nan))
             if on_rows is not None:
-                keep_from = max(0, STRIDE * (k0 + 1) + geometry.offset + STRIDE // 2 - keep_px)
-                raws = [(s0, r) for s0, r in raws if s0 + len(r) > keep_from] + pieces
-                on_rows(CellRows(k0, out[k0 : k0 + h], c0, raw_rows))
+                kept.keep(max(0, STRIDE * (k0 + 1) + geometry.offset + STRIDE // 2 - keep_px), pieces)
+                on_rows(CellRows(k0, out[k0 : k0 + h], c0, lambda g0, g1: kept.rows(g0 - r0, g1 - r0)))
             if progress:
                 progress(i + 1, len(starts))
             if i + 1 < len(starts):
