@@ -229,6 +229,12 @@ def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, thres
             "load": os.getloadavg()[0]}
 
 
+def same_files(work: Path, tag_a: str, tag_b: str, quadrants, names=("probability.tif", "classified.csv")) -> bool:
+    """Whether two :func:`detect` runs wrote byte-identical ``names`` for each of ``quadrants``."""
+    return all((work / f"{tag_a}_{q}" / n).read_bytes() == (work / f"{tag_b}_{q}" / n).read_bytes()
+               for q in quadrants for n in names)
+
+
 def read_grid(path: Path) -> np.ndarray:
     import rasterio
 
@@ -351,9 +357,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     tile_job = detect(work, tile_path, tile_px, list(QUADRANTS), "t", threshold, "--runtime", "onnxruntime")
     tile_tf = detect(work, tile_path, tile_px, list(QUADRANTS), "tft", threshold, "--runtime", "tensorflow")
     four_s = sum(j["wall_s"] for j in per_q)
-    identical = all((work / f"q_{q}" / "probability.tif").read_bytes() == (work / f"t_{q}" / "probability.tif").read_bytes()
-                    and (work / f"q_{q}" / "classified.csv").read_bytes() == (work / f"t_{q}" / "classified.csv").read_bytes()
-                    for q in QUADRANTS)
+    identical = same_files(work, "q", "t", QUADRANTS)
     note("4 quadrants as 4 detect (+4 classify) processes", f"{four_s:.2f} s = {four_s / 4:.2f} s per quadrant")
     note("4 quadrants in 1 detect (+4 classify) processes",
          f"{tile_job['wall_s']:.2f} s = {tile_job['wall_s'] / 4:.2f} s per quadrant (detect {tile_job['detect_s']:.2f} s,"
@@ -393,8 +397,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         to = detect(work, tile_path, tile_px, list(QUADRANTS), "ovt", threshold, *ov_args)
         go = read_grid(jo["outs"][0] / "probability.tif")
         c32, co = candidates(job["outs"][0] / "candidates.csv"), candidates(jo["outs"][0] / "candidates.csv")
-        ov_identical = all((work / f"ovq_{q}" / "probability.tif").read_bytes()
-                           == (work / f"ovt_{q}" / "probability.tif").read_bytes() for q in QUADRANTS[:1])
+        ov_identical = same_files(work, "ovq", "ovt", QUADRANTS[:1], ("probability.tif",))
         res["ov"] = {"precision": prec, "job": {k: v for k, v in jo.items() if k != "outs"},
                      "tile": {k: v for k, v in to.items() if k != "outs"}, "max_diff": float(np.nanmax(np.abs(go - grid))),
                      "nan_equal": bool(np.array_equal(np.isnan(go), np.isnan(grid))), "candidates_f32": len(c32),
@@ -420,9 +423,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
                 pass
         jn = detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args)
         tn = detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args)
-        same = all((work / f"ovnt_{q}" / "probability.tif").read_bytes() == (work / f"ovt_{q}" / "probability.tif").read_bytes()
-                   and (work / f"ovnt_{q}" / "classified.csv").read_bytes() == (work / f"ovt_{q}" / "classified.csv").read_bytes()
-                   for q in QUADRANTS)
+        same = same_files(work, "ovnt", "ovt", QUADRANTS)
         o.update(job_none={k: v for k, v in jn.items() if k != "outs"}, tile_none={k: v for k, v in tn.items() if k != "outs"},
                  none_identical=same, none_gb=raw_path.stat().st_size / 2**30, zstd_gb=tile_path.stat().st_size / 2**30)
         note(f"uncompressed tile ({o['none_gb']:.2f} GB vs {o['zstd_gb']:.2f} GB ZSTD), OpenVINO {prec}",
