@@ -63,6 +63,32 @@ def test_windows_equal_gdal(tmp_path, name, threads):
         dec.close()
 
 
+def test_uncompressed_blocks_reuse_their_buffers_across_files(tmp_path, monkeypatch):
+    """An uncompressed file's blocks are read into buffers reused once out of the cache, also by the next
+    decoder (a detect job opens its tile once per quadrant): every read still equals GDAL's, with nothing
+    left of the other file's pixels."""
+    monkeypatch.setattr(blocks, "_FREE_BLOCKS", {})
+    a = _write(tmp_path / "a.tif", np.full((B, H, W), 7, np.uint16), **FILES["none"])
+    b = _write(tmp_path / "b.tif", _data(seed=4), **FILES["none"])
+    dec = BlockDecoder(a, keep_rows=1)
+    used = set()
+    for r in range(0, H - 20, 20):  # down the file: blocks leave the cache and their buffers are reused
+        np.testing.assert_array_equal(dec.read(0, r, W, r + 20, list(range(B))), 7)
+        used |= {id(x) for x in dec._cache.values()}
+    assert len(used) == 2 * 4  # 5 rows of 4 blocks read, at most 2 of them in the cache at a time
+    dec.close()
+    (free,) = blocks._FREE_BLOCKS.values()
+    spare = {id(x) for x in free}
+    assert spare == used and all(x.shape == (64, 128, B) for x in free)
+    dec = BlockDecoder(b, 2)
+    try:
+        for w in WINDOWS:
+            np.testing.assert_array_equal(dec.read(*w, list(range(B))), _gdal(b, *w, list(range(B))))
+        assert spare & {id(x) for x in dec._cache.values()}  # the first file's buffers, overwritten
+    finally:
+        dec.close()
+
+
 def test_float_predictor_3(tmp_path):
     data = (_data(seed=1).astype(np.float32) / 7).astype(np.float32)
     path = _write(tmp_path / "f.tif", data, **{**TILED, "compress": "zstd", "predictor": 3})

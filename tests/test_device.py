@@ -5,6 +5,7 @@ There is no GPU here: the GPU cases go through :func:`describe` with what Tensor
 (it is pure), and through the strip sizes a GPU budget gives, which the streaming code runs on the CPU.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,35 @@ def test_a_job_given_a_gpu_it_cannot_use_says_so_and_runs_on_the_cpu(tiny_job, t
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("minescan: error: detect.require_gpu is set but this job has no usable GPU"), last
     assert not (tmp_path / "required" / "probability.tif").exists()
+
+
+_FAULTS = """
+import resource, sys, numpy as np
+from minescan.scan.device import keep_freed_memory
+print(keep_freed_memory(), file=sys.stderr)
+def piece():
+    a = np.empty(16 * 2**20 // 2, np.uint16)  # a tile piece of a detect job's read
+    a.fill(1)
+    return int(a[-1])
+piece()
+f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    piece()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_reused_not_faulted_in_again(monkeypatch):
+    """keep_freed_memory: 20 tile pieces of 16 MB allocated and freed in turn reuse one piece of memory
+    (by default each is a new mapping whose every page faults again), unless the user set glibc's own
+    variables, which it leaves alone."""
+    def faults(env):
+        run = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True, env=env)
+        return run.stderr.strip().splitlines()[-1] == "True", int(run.stdout)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    kept, few = faults(env)
+    left, many = faults({**env, "MALLOC_TOP_PAD_": "0"})  # glibc's own setting: left alone
+    assert kept and not left
+    assert few * 10 < many, (few, many)

@@ -80,6 +80,27 @@ def test_default_strips_pad_rows_and_columns_to_one_shape(keras_and_ov, monkeypa
     assert shapes[0][2] % 64 == 0 and shapes[0][2] > g.input_span(kx.start, len(kx))[1] - g.input_span(kx.start, len(kx))[0]
 
 
+def test_strip_buffers_are_kept_for_the_next_span_and_hold_nothing_of_the_last(keras_and_ov, monkeypatch):
+    """A tile's quadrants in one process reuse the two strip buffers (new ones cost page faults): a narrower
+    span of the same padded shape, read after a brighter image, still equals the whole pass (its padding
+    columns and the last strip's rows are zeroed again, not left from the span before)."""
+    (fcn, ofcn), _ = keras_and_ov
+    g, norm = FcnGeometry(201), _norm()
+    net = stream_net(ofcn, norm.gain)
+    monkeypatch.setattr(net, "min_cells", 3)
+    bright = np.full_like(_image(), 8999)
+    first = predict_cells(ofcn, g, _reader(bright), norm, range(2, 15), range(1, 12), max_block_mb=1)
+    assert np.isfinite(first).all()
+    kept = [id(b) for b in net._buffers]
+    img = _image(seed=5)
+    kx, ky = range(3, 15), range(1, 12)
+    (a, b), (c, d) = g.input_span(2, 13), g.input_span(3, 12)
+    assert b - a != d - c and -(-(b - a) // 64) == -(-(d - c) // 64)  # narrower, same padded width
+    _same(predict_cells(ofcn, g, _reader(img), norm, kx, ky, max_block_mb=1), _whole(fcn, g, img, norm, kx, ky))
+    assert [id(b) for b in net._buffers] == kept and len(kept) == 2
+    assert net.buffers(1, (1, 8, 64, 12))[0].shape == (1, 8, 64, 12) and len(net._buffers) == 1  # other shape
+
+
 def test_clip_and_other_nodata_and_no_prefetch(keras_and_ov):
     (fcn, ofcn), _ = keras_and_ov
     g, img, norm = FcnGeometry(201), _image(seed=3, nodata=7), _norm(clip=0.5, nodata=7)

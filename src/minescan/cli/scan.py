@@ -50,6 +50,7 @@ def cmd_detect(args) -> int:
     if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
         raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
                           f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
+    device.keep_freed_memory()
     card = read_card(args.model)
     if card["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
         from minescan.pixel.detect import cmd_detect_pixel
