@@ -521,3 +521,21 @@ def test_memory_bounded_detections_equal_the_plain_path_on_the_demo_scene(tmp_pa
     for q in ("NW", "NE", "SW", "SE"):
         with rasterio.open(tmp_path / "plain" / q / "p.tif") as a, rasterio.open(tmp_path / "bounded" / q / "p.tif") as b:
             _same(a.read(1), b.read(1))
+
+
+@pytest.mark.parametrize("clip,nodata", [(None, 0), (0.5, 7)])
+def test_centre_on_long_rows_equals_the_plain_per_band_formula(clip, nodata):
+    """Normalisation.centre converts and subtracts over whole rows (W x B values) when rows are contiguous:
+    the same float32 values, bit for bit, as ``min(DN, clip) - offset`` per band (0 at nodata), whether it
+    allocates, writes into rows of a wider buffer (the strips) or meets pixels it cannot view as rows."""
+    norm = _norm(clip=clip, nodata=nodata)
+    img = _image(seed=2, nodata=nodata)[:300, :250]
+    dn = img.astype(np.float32) if clip is None else np.minimum(img, np.float32(clip / norm.scale), dtype=np.float32)
+    ref = (dn - norm.offset) * np.all(img != nodata, axis=-1)[..., None]
+    got, valid = norm.centre(img)
+    assert np.array_equal(got, ref) and np.array_equal(valid, np.all(img != nodata, axis=-1))
+    wide = np.full((310, 320, 12), np.nan, np.float32)
+    norm.centre(img, out=wide[5:305, :250])
+    assert np.array_equal(wide[5:305, :250], ref) and np.isnan(wide[:5]).all() and np.isnan(wide[:, 250:]).all()
+    every_other = img[:, ::2]  # pixels not adjacent: the per-band loop
+    assert np.array_equal(norm.centre(every_other)[0], ref[:, ::2])

@@ -51,6 +51,7 @@ compute, float32 outputs) applies to the stream; its bound is ``minescan.scan.de
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -123,11 +124,16 @@ class Normalisation:
 
         Returns (x, valid); valid is None when every pixel is valid (the usual case, checked cheaply)."""
         x = np.empty(raw.shape, dtype=np.float32) if out is None else out
-        if self.clip_max is None:
-            np.subtract(raw, self.offset, out=x, dtype=np.float32)  # converts uint16 in the same pass
+        src, dst = _pixel_rows(raw), _pixel_rows(x)
+        if src is not None and dst is not None:  # long rows: 3 x faster than 12-band ones (measured)
+            offset = _tiled(self.offset, raw.shape[1])
         else:
-            np.minimum(raw, np.float32(self.clip_max / self.scale), out=x, dtype=np.float32)
-            x -= self.offset
+            src, dst, offset = raw, x, self.offset
+        if self.clip_max is None:
+            dst[...] = src  # uint16 -> float32, exact
+        else:
+            np.minimum(src, np.float32(self.clip_max / self.scale), out=dst, dtype=np.float32)
+        dst -= offset
         valid = self.valid_or_none(raw)
         if valid is not None:
             x *= valid[..., None]
@@ -148,6 +154,28 @@ class Normalisation:
             if self.nodata == info.max:
                 return bool(raw.max() == self.nodata)
         return True
+
+
+def _pixel_rows(a: np.ndarray) -> np.ndarray | None:
+    """An (H, W, B) array whose rows are contiguous (a C-contiguous array, or rows of a wider buffer) as an
+    (H, W * B) view, else None. NumPy's loops run over the last axis: over rows of W * B values instead of
+    the B bands of each pixel they convert and subtract 3 x faster (4.5 vs 13.8 ms per 135-row piece of a
+    quadrant, benchmarks/bench_floor.py's tile)."""
+    if a.ndim != 3 or a.shape[0] == 0 or a.strides[2] != a.itemsize or a.strides[1] != a.shape[2] * a.itemsize:
+        return None
+    return np.lib.stride_tricks.as_strided(a, (a.shape[0], a.shape[1] * a.shape[2]), (a.strides[0], a.itemsize))
+
+
+@functools.lru_cache(maxsize=8)
+def _tiled_cached(values: bytes, width: int) -> np.ndarray:
+    row = np.tile(np.frombuffer(values, np.float32), width)
+    row.flags.writeable = False
+    return row
+
+
+def _tiled(per_band: np.ndarray, width: int) -> np.ndarray:
+    """``per_band`` repeated for ``width`` pixels: one row of an (H, W * B) view."""
+    return _tiled_cached(np.ascontiguousarray(per_band, np.float32).tobytes(), width)
 
 
 # ------------------------------------------------------------------------------- the network as a stream
