@@ -206,7 +206,8 @@ def timing_of(stderr: str) -> dict:
 
 
 def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, threshold: float, *extra: str) -> dict:
-    """One detect process over ``quadrants`` (with the impact CNN), then one classify process per quadrant."""
+    """One detect process over ``quadrants`` (with the impact CNN), then one classify process for them (as
+    rules detect_tile and classify_tile run a tile's four)."""
     outs = [work / f"{tag}_{q}" for q in quadrants]
     for o in outs:
         o.mkdir(parents=True, exist_ok=True)
@@ -218,9 +219,9 @@ def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, thres
                   "--candidates-out", *[str(o / "candidates.csv") for o in outs], *bq.grid_args(tile_px)],
                  f"detect {tag}")
     cls = [bq.run([*bq.minescan_cmd(), "classify", "--tile", bq.tile_id(tile_px), "--tile-path", str(tile_path),
-                   "--model", str(d / "models" / "impact"), "--candidates", str(o / "candidates.csv"), "--scale",
-                   str(bq.SCALE), "--out", str(o / "classified.csv"), *bq.grid_args(tile_px)], f"classify {tag}")
-           for o in outs]
+                   "--model", str(d / "models" / "impact"), "--candidates", *[str(o / "candidates.csv") for o in outs],
+                   "--scale", str(bq.SCALE), "--out", *[str(o / "classified.csv") for o in outs],
+                   *bq.grid_args(tile_px)], f"classify {tag}")]
     tm = timing_of(det["stderr"])
     # peak RSS from the job itself (VmHWM): wait4's figure also counts this process's memory at the fork
     return {"outs": outs, "detect_s": det["wall_s"], "detect_rss_mb": tm.get("peak_rss_mb", det["rss_mb"]), "timing": tm,
@@ -359,10 +360,10 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     four_s = sum(j["wall_s"] for j in per_q)
     identical = same_files(work, "q", "t", QUADRANTS)
     note("4 quadrants as 4 detect (+4 classify) processes", f"{four_s:.2f} s = {four_s / 4:.2f} s per quadrant")
-    note("4 quadrants in 1 detect (+4 classify) processes",
+    note("4 quadrants in 1 detect (+1 classify) process",
          f"{tile_job['wall_s']:.2f} s = {tile_job['wall_s'] / 4:.2f} s per quadrant (detect {tile_job['detect_s']:.2f} s,"
          f" peak RSS {tile_job['detect_rss_mb']:.0f} MB); outputs byte-identical: {identical}")
-    note("4 quadrants in 1 detect (+4 classify) processes, TensorFlow",
+    note("4 quadrants in 1 detect (+1 classify) process, TensorFlow",
          f"{tile_tf['wall_s']:.2f} s = {tile_tf['wall_s'] / 4:.2f} s per quadrant (detect {tile_tf['detect_s']:.2f} s,"
          f" peak RSS {tile_tf['detect_rss_mb']:.0f} MB)")
     res["tile_mode"] = {"four_processes_s": four_s, "one_process_s": tile_job["wall_s"], "identical": identical,
@@ -407,7 +408,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
              f"{jo['timing']['network']:.2f} s, peak RSS {jo['detect_rss_mb']:.0f} MB) + classify {jo['classify_s']:.2f} s;"
              f" max |prob diff| to the float32 job {o['max_diff']:.4f}; candidates {o['candidates']} vs "
              f"{o['candidates_f32']}, {o['common']} in common")
-        note(f"4 quadrants in 1 detect (+4 classify) processes, OpenVINO {prec}",
+        note(f"4 quadrants in 1 detect (+1 classify) process, OpenVINO {prec}",
              f"{to['wall_s']:.2f} s = {to['wall_s'] / 4:.2f} s per quadrant (detect {to['detect_s']:.2f} s, peak RSS "
              f"{to['detect_rss_mb']:.0f} MB); NW byte-identical to its own process: {ov_identical}")
 
@@ -507,7 +508,7 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
     line("**quadrant job, ONNX Runtime: detect + classify processes**", job["wall_s"])
     line("quadrant job, TensorFlow: work", jtf["work_s"])
     line("quadrant job, TensorFlow: detect + classify processes", jtf["wall_s"])
-    line("**tile per process, ONNX Runtime: per quadrant** (1 detect + 4 classify processes / 4)",
+    line("**tile per process, ONNX Runtime: per quadrant** (1 detect + 1 classify process, / 4)",
          t["one_process_s"] / 4)
     line("tile per process, TensorFlow: per quadrant", ttf["one_process_s"] / 4)
     line("quadrant per process, ONNX Runtime: per quadrant (4 detect + 4 classify / 4)", t["four_processes_s"] / 4)
@@ -547,7 +548,7 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
     print("| process exit | " + " | ".join(f"{c[1]:.2f}" for c in cols) + " |")
     print("| (read + decode, in the read-ahead thread, overlapping) | "
           + " | ".join(f"({c[0]['read_in_thread']:.2f})" for c in cols) + " |")
-    print("| classify processes (ratings copied) | " + " | ".join(f"{c[2]:.2f}" for c in cols) + " |")
+    print("| classify process(es) (ratings copied) | " + " | ".join(f"{c[2]:.2f}" for c in cols) + " |")
     j = res["job"]
     print(f"\njob probabilities vs fp32 floor: max |diff| {j['max_diff_vs_floor']:.2e} (ONNX Runtime), "
           f"{jtf['max_diff_vs_floor']:.2e} (TensorFlow), NaN cells equal {j['nan_equal'] and jtf['nan_equal']}; "

@@ -32,3 +32,41 @@ rule classify:
         "minescan classify --tile {wildcards.tile} --tile-path {input.tile:q} --model {params.model:q} "
         "--candidates {input.candidates:q} --scale {params.scale} --batch-size {params.batch} {params.grid} "
         "--out {output:q} 2> {log:q}"
+
+
+# A tile at a time (detect.quadrants_per_job: tile): the four quadrants' ratings in one job and process,
+# beside rule detect_tile (one Python start instead of four: ~0.2 s each when the ratings are copied).
+# Same per-quadrant classified.csv as rule classify; tiles on the region's edge keep one job per quadrant.
+if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
+
+    ruleorder: classify_tile > classify
+
+    rule classify_tile:
+        wildcard_constraints:
+            tile="|".join(re.escape(t) for t in FULL_TILES),
+        input:
+            tile=f"{SCAN}/tiles/{{tile}}.tif",
+            candidates=[f"{SCAN}/quadrants/{{tile}}_{q}/candidates.csv" for q in QUADRANTS],
+            model=model_files(IMPACT),
+        output:
+            [f"{SCAN}/quadrants/{{tile}}_{q}/classified.csv" for q in QUADRANTS],
+        conda:
+            ENV_GPU
+        log:
+            f"{LOGS}/classify/{{tile}}.log",
+        benchmark:
+            f"{BENCH}/classify/{{tile}}.tsv"
+        params:
+            grid=rules.classify.params.grid,
+            scale=rules.classify.params.scale,
+            model=rules.classify.params.model,
+            batch=rules.classify.params.batch,
+        threads: 2
+        resources:
+            mem_mb=1500,
+            runtime=60,
+            gpu=0,
+        shell:
+            "minescan classify --tile {wildcards.tile} --tile-path {input.tile:q} --model {params.model:q} "
+            "--candidates {input.candidates:q} --scale {params.scale} --batch-size {params.batch} {params.grid} "
+            "--out {output:q} 2> {log:q}"

@@ -103,11 +103,13 @@ def test_a_row_rated_by_another_model_falls_back_and_is_rated(detected, tmp_path
     cands = _write(tmp_path / "c.csv", header, rows)
     assert copy_rated(cands, tmp_path / "got.csv", impact.path, t.name) is None
     assert not (tmp_path / "got.csv").exists()
-    # the command then rates them all with the network: the same as the ratings made in detect
+    # the command then rates them all with the network: the same as the ratings made in detect; in one
+    # process with another quadrant's candidates (a tile's classify job), whose ratings it copies
     assert run(["classify", "--tile", t.name, "--tile-path", str(d / "tile.tif"), "--model", str(impact.path),
-                "--candidates", str(cands), "--out", str(tmp_path / "k.csv"), "--tile-px", str(t.grid.tile_px),
-                "--halo-px", str(t.grid.halo_px)]) == 0
+                "--candidates", str(cands), str(d / "NW" / "c.csv"), "--out", str(tmp_path / "k.csv"),
+                str(tmp_path / "copied.csv"), "--tile-px", str(t.grid.tile_px), "--halo-px", str(t.grid.halo_px)]) == 0
     run_classify(d / "tile.tif", t, lazy_model(impact.path, "impact"), 1e-4, d / "NW" / "c.csv", tmp_path / "ref.csv")
+    assert (tmp_path / "copied.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
     got, ref = _table(tmp_path / "k.csv"), _table(tmp_path / "ref.csv")
     assert got[0] == ref[0]
     for a, b in zip(got[1], ref[1], strict=True):
@@ -197,3 +199,12 @@ def test_kept_in_step_with_grid_and_pandas():
         except Exception:
             want = None
         assert tile_name(text) == want, text
+
+
+def test_classify_needs_one_output_per_candidates_file(detected, tmp_path, capsys):
+    t, d, impact = detected
+    assert run(["classify", "--tile", t.name, "--tile-path", str(d / "tile.tif"), "--model", str(impact.path),
+                "--candidates", str(d / "NW" / "c.csv"), str(d / "NW" / "c.csv"), "--out", str(tmp_path / "k.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["minescan: error: classify: 2 --candidates but 1 --out paths (one each per quadrant)"]
+    assert not (tmp_path / "k.csv").exists()

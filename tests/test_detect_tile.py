@@ -51,7 +51,7 @@ def test_one_job_per_tile_gives_the_same_files(scans):
     snakefile, per_quadrant, per_tile, tile = scans
     run_snakemake(per_quadrant, TARGET, snakefile=snakefile)
     r = run_snakemake(per_tile, TARGET, snakefile=snakefile)
-    assert job_counts(r.stdout + r.stderr) == {"tile": 1, "detect_tile": 1, "classify": 4, "merge": 1}
+    assert job_counts(r.stdout + r.stderr) == {"tile": 1, "detect_tile": 1, "classify_tile": 1, "merge": 1}
     a, b = (d / "results" / "tiny" / "2026Q1" for d in (per_quadrant, per_tile))
     files = sorted(
         p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".kml")
@@ -65,10 +65,10 @@ def test_one_job_per_tile_gives_the_same_files(scans):
     models = yaml.safe_load((per_tile / "config.yaml").read_text())["models"]
     save_test_model(Path(models["impact"]), "impact", constant_impact_cnn(label=1))
     r = run_snakemake(per_tile, "-n", TARGET, snakefile=snakefile)
-    assert job_counts(r.stdout + r.stderr) == {"classify": 4, "merge": 1}
+    assert job_counts(r.stdout + r.stderr) == {"classify_tile": 1, "merge": 1}
     save_test_model(Path(models["discovery"]), "discovery", bright_square_fcn(), threshold=0.7)
     r = run_snakemake(per_tile, "-n", TARGET, snakefile=snakefile)
-    assert job_counts(r.stdout + r.stderr) == {"detect_tile": 1, "classify": 4, "merge": 1}
+    assert job_counts(r.stdout + r.stderr) == {"detect_tile": 1, "classify_tile": 1, "merge": 1}
 
 
 def test_edge_tiles_keep_one_job_per_quadrant(tmp_path):

@@ -19,7 +19,7 @@ from conftest import (
     write_tiny_scene,
 )
 
-GPU_RULES = ("detect", "classify", "detect_tile", "segment")  # the TensorFlow rules of a scan
+GPU_RULES = ("detect", "classify", "detect_tile", "classify_tile", "segment")  # the TensorFlow rules of a scan
 
 
 def _profile(name: str) -> dict:
@@ -92,7 +92,7 @@ def test_profiles_dry_run_with_their_partitions_and_gpus(tiny, profile):
     )
     jobs = _jobs(r.stdout + r.stderr)
     # the profiles run a tile's four quadrants in one detect job (detect.quadrants_per_job: tile)
-    assert set(jobs) == {"tile", "detect_tile", "classify", "merge"}, jobs
+    assert set(jobs) == {"tile", "detect_tile", "classify_tile", "merge"}, jobs
     for rule, res in jobs.items():
         on_gpu = profile == "slurm" and rule in GPU_RULES
         assert ("slurm_partition=gpu" in res) == on_gpu and ("gres=gpu:1" in res) == on_gpu, (rule, res)

@@ -136,12 +136,12 @@ def test_scan_on_slurm_equals_the_local_scan(cluster, tmp_path):
     assert r.returncode == 0, f"SLURM run failed (exit {r.returncode}, {took:.0f} s):\n{log[-8000:]}"
 
     # it really went through SLURM: one sbatch per tile, one per tile's detect group (the profile's default
-    # detect.quadrants_per_job: tile, so one detect_tile job and the four classify jobs grouped) and the
+    # detect.quadrants_per_job: tile, so one detect_tile job and one classify_tile job grouped) and the
     # merge, each COMPLETED in SLURM's own records; the detect groups on the gpu partition with a GPU each,
     # the others on the cpu partition without
     ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
     assert len(ids) == len(TILES) + len(TILES) + 1, log[-4000:]
-    assert log.count("group_quadrant_classify_detect_tile") >= len(TILES)
+    assert log.count("group_quadrant_classify_tile_detect_tile") >= len(TILES)
     jobs = subprocess.run(["timeout", "-s", "KILL", "20", "squeue", "-h", "-t", "all", "-j", ",".join(ids),
                            "-o", "%i|%T|%P|%b|%k"], capture_output=True, text=True).stdout.split()
     jobs = [j.split("|") for j in jobs]

@@ -123,17 +123,24 @@ def cmd_detect(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    if args.model not in ("none", ""):
-        from minescan.scan.classify_copy import copy_rated
+    if len(args.candidates) != len(args.out):
+        raise ConfigError(f"classify: {len(args.candidates)} --candidates but {len(args.out)} --out paths "
+                          "(one each per quadrant)")
+    model = None
+    # several quadrants (detect.quadrants_per_job: tile): one process for the tile's four
+    for candidates, out in zip(args.candidates, args.out, strict=True):
+        if args.model not in ("none", ""):
+            from minescan.scan.classify_copy import copy_rated
 
-        # all rated by this very model in the detect job: copied without importing pandas or rasterio
-        if copy_rated(args.candidates, args.out, args.model, args.tile) is not None:
-            return 0
-    from minescan.scan.detect import lazy_model, run_classify
+            # all rated by this very model in the detect job: copied without importing pandas or rasterio
+            if copy_rated(candidates, out, args.model, args.tile) is not None:
+                continue
+        from minescan.scan.detect import lazy_model, run_classify
 
-    # the network (and TensorFlow) is only loaded if some candidate is not yet rated by this model
-    model = None if args.model in ("none", "") else lazy_model(args.model, "impact")
-    run_classify(args.tile_path, tile_from_args(args), model, args.scale, args.candidates, args.out, args.batch_size)
+        # the network (and TensorFlow) is only loaded if some candidate is not yet rated by this model
+        if model is None and args.model not in ("none", ""):
+            model = lazy_model(args.model, "impact")
+        run_classify(args.tile_path, tile_from_args(args), model, args.scale, candidates, out, args.batch_size)
     return 0
 
 
@@ -259,14 +266,14 @@ def register(sub) -> None:
     grid_args(p)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("classify", help="impact CNN on one quadrant's candidates")
+    p = sub.add_parser("classify", help="impact CNN on the candidates of a tile's quadrants (one or several)")
     p.add_argument("--tile", required=True)
     p.add_argument("--tile-path", required=True)
     p.add_argument("--model", required=True, help="impact model directory, or 'none'")
-    p.add_argument("--candidates", required=True)
+    p.add_argument("--candidates", required=True, nargs="+", help="a quadrant's candidates.csv, one or several")
     p.add_argument("--scale", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, nargs="+", help="classified.csv, one per --candidates, in the same order")
     grid_args(p)
     p.set_defaults(func=cmd_classify)
 
