@@ -44,6 +44,7 @@ def available() -> bool:
 #: decoders of a process (a detect job opens its tile once per quadrant), up to FREE_BLOCK_BYTES each
 _FREE_BLOCKS: dict[tuple, list[np.ndarray]] = {}
 FREE_BLOCK_BYTES = 256 * 2**20
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
 
 
 class BlockDecoder:
@@ -83,6 +84,7 @@ class BlockDecoder:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="minescan-decode") if threads > 1 else None
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # block index -> (h, w, bands)
         self._lock = threading.Lock()
+        self._skip = memoryview(bytearray(0))  # where the columns a plain read leaves out go
         self.keep_rows = keep_rows  # rows of blocks (as wide as the last read) kept for the next reads
 
     def close(self) -> None:
@@ -115,6 +117,48 @@ class BlockDecoder:
         seg, _, shape = self._decode(data, i)
         return None if seg is None else seg.reshape(shape[1], shape[2], shape[3])
 
+    def _read_plain(self, col0: int, row0: int, col1: int, row1: int, ys: range, xs: range, out: np.ndarray) -> bool:
+        """An uncompressed file's window, all bands: each block's lines read by the kernel straight into the
+        rows of ``out`` (one ``preadv`` per block, the bytes of the columns left out going to a scratch
+        buffer), so no block is copied in memory or cached. False if a block is not a plain full one (a
+        sparse file's missing block, a truncated file): the caller then reads as for other files."""
+        px = self.bands * self.dtype.itemsize
+        line = self.tw * px
+        dst = memoryview(out).cast("B")
+        out_line = (col1 - col0) * px
+        for y in ys:
+            by = y * self.th
+            r0, r1 = max(row0, by), min(row1, by + self.th)
+            for x in xs:
+                i = y * self.across + x
+                if self._counts[i] != self._block_bytes:
+                    return False
+                bx = x * self.tw
+                c0, c1 = max(col0, bx), min(col1, bx + self.tw)
+                need, skip = (c1 - c0) * px, line - (c1 - c0) * px
+                at = (r0 - row0) * out_line + (c0 - col0) * px
+                bufs = []
+                for _ in range(r0, r1):
+                    bufs.append(dst[at : at + need])
+                    if skip:
+                        bufs.append(self._scratch(skip))
+                    at += out_line
+                if skip:
+                    bufs.pop()  # nothing to skip after the last line
+                offset = int(self._offsets[i]) + (r0 - by) * line + (c0 - bx) * px
+                for k in range(0, len(bufs), IOV_MAX):
+                    part = bufs[k : k + IOV_MAX]
+                    size = sum(len(b) for b in part)
+                    if os.preadv(self._fd, part, offset) != size:
+                        return False
+                    offset += size
+        return True
+
+    def _scratch(self, n: int) -> memoryview:
+        if len(self._skip) < n:
+            self._skip = memoryview(bytearray(n))
+        return self._skip[:n]
+
     def read(self, col0: int, row0: int, col1: int, row1: int, bands: list[int]) -> np.ndarray | None:
         """File pixels [col0, col1) x [row0, row1) of the 0-based ``bands`` as a C-contiguous (H, W, B) array,
         or None when this window is not for it (outside the file, a missing block, an error)."""
@@ -122,6 +166,10 @@ class BlockDecoder:
             return None
         ys = range(row0 // self.th, (row1 - 1) // self.th + 1)
         xs = range(col0 // self.tw, (col1 - 1) // self.tw + 1)
+        if self._plain and list(bands) == list(range(self.bands)):
+            out = np.empty((row1 - row0, col1 - col0, self.bands), dtype=self.dtype)
+            if self._read_plain(col0, row0, col1, row1, ys, xs, out):
+                return out
         wanted = [y * self.across + x for y in ys for x in xs]
         with self._lock:
             todo = [i for i in wanted if i not in self._cache]
