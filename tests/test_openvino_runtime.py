@@ -125,6 +125,9 @@ def test_cell_rows_hand_out_the_tile_values_around_them(keras_and_ov):
         centre1 = STRIDE * (first + len(cr.prob) - 1) + STRIDE // 2
         raw = cr.raw(centre0 - 10, centre1 + 11)
         np.testing.assert_array_equal(raw, _reader(img)(c0, centre0 - 10, c1, centre1 + 11))
+        assert cr.width == c1 - c0
+        for r in (centre0 - 10, centre1 - 10):  # one patch's pixels, also across two pieces read
+            np.testing.assert_array_equal(cr.raw(r, r + 21, slice(7, 28)), _reader(img)(c0 + 7, r, c0 + 28, r + 21))
         seen.append((cr.first, len(cr.prob)))
 
     predict_cells(ofcn, g, _reader(img), norm, kx, ky, block_cells=3, on_rows=on_rows, keep_px=10)

@@ -151,16 +151,15 @@ class StreamRater:
         w = self.model.window
         row0 = patch_origin(cy, w)  # global pixel of each patch's top-left corner
         col0 = patch_origin(cx, w) - rows.col0
-        top = int(row0.min())
-        try:
-            raw = rows.raw(top, int(row0.max()) + w)
-        except AssertionError:  # rows no longer in memory (a window wider than the margin): read again later
-            return
-        for y, x, r, c in zip(cy, cx, row0 - top, col0, strict=True):
-            if c < 0 or c + w > raw.shape[1]:
+        for y, x, r, c in zip(cy, cx, row0.tolist(), col0.tolist(), strict=True):
+            if c < 0 or c + w > rows.width:
                 continue  # beyond the span's columns: rated from patches read again
+            try:  # each patch on its own: a view of the rows kept, or a copy of its w x w pixels
+                patch = rows.raw(r, r + w, slice(c, c + w))
+            except AssertionError:  # rows no longer in memory (a window wider than the margin): read again later
+                continue
             self._keys.append((int(x), int(y)))
-            self._raw.append(raw[r : r + w, c : c + w][..., self.pos])
+            self._raw.append(patch[..., self.pos])
         while len(self._keys) >= self.batch_size:
             self._rate(self.batch_size)
 

@@ -571,6 +571,9 @@ class _Tail(_Level):
         return y
 
 
+ALL = slice(None)
+
+
 class _KeptRaw:
     """Tile values (uint16) of span rows read, kept for the impact rating of the cells streamed: pieces of
     rows are added as they are read and dropped once they end before the first row still needed."""
@@ -582,9 +585,10 @@ class _KeptRaw:
         """Drop the pieces ending at or before span row ``keep_from``; add the ``new`` (first row, rows)."""
         self._parts = [(s, r) for s, r in self._parts if s + len(r) > keep_from] + new
 
-    def rows(self, a: int, b: int) -> np.ndarray:
-        """Tile values of span rows [a, b) (must have been read and not dropped)."""
-        parts = [r[max(a - s, 0) : b - s] for s, r in self._parts if s < b and s + len(r) > a]
+    def rows(self, a: int, b: int, cols: slice = ALL) -> np.ndarray:
+        """Tile values of span rows [a, b) and columns ``cols`` (must have been read and not dropped): a view
+        when they lie in one piece, else a copy of just these columns."""
+        parts = [r[max(a - s, 0) : b - s, cols] for s, r in self._parts if s < b and s + len(r) > a]
         got = sum(len(p) for p in parts)
         if not parts or got != b - a or self._parts[0][0] > a:
             raise AssertionError(f"span rows {a}:{b} are no longer (or not yet) in memory")
@@ -653,9 +657,9 @@ class _Source(_Level):
         self.served = b
         return rows[: b - a]
 
-    def raw_rows(self, a: int, b: int) -> np.ndarray:
-        """Tile values of span rows [a, b) (must have been read and not dropped)."""
-        return self._raw.rows(a, b)
+    def raw_rows(self, a: int, b: int, cols: slice = ALL) -> np.ndarray:
+        """Tile values of span rows [a, b) and columns ``cols`` (must have been read and not dropped)."""
+        return self._raw.rows(a, b, cols)
 
 
 @dataclass
@@ -663,13 +667,15 @@ class CellRows:
     """Cell rows just computed by the stream, with the tile values around them still in memory.
 
     ``prob`` holds the final probabilities (NaN = no data) of cell rows ``ky[first : first + len(prob)]`` and
-    all of ``kx``; ``raw(row0, row1)`` returns tile values (uint16, the network's bands) of global pixel rows
-    [row0, row1) and columns [col0, col0 + width): any rows within ``keep_px`` of these cells' centres."""
+    all of ``kx``; ``raw(row0, row1[, cols])`` returns tile values (uint16, the network's bands) of global
+    pixel rows [row0, row1) and columns [col0, col0 + width) (or the slice ``cols`` of them): any rows within
+    ``keep_px`` of these cells' centres. ``width``: the span's columns."""
 
     first: int
     prob: np.ndarray
     col0: int
-    raw: Callable[[int, int], np.ndarray]
+    raw: Callable[..., np.ndarray]
+    width: int
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -858,7 +864,8 @@ def _predict_stream(net: StreamNet, network, geometry, read, norm, kx, ky, max_b
             frac = counts[a - 1 : b - 1] / np.float32(STRIDE * STRIDE)
             out[a - 1 : b - 1] = np.where(frac >= MIN_VALID_FRACTION, rows, np.float32(np.nan))
             if on_rows is not None:
-                on_rows(CellRows(a - 1, out[a - 1 : b - 1], c0, lambda g0, g1: source.raw_rows(g0 - r0, g1 - r0)))
+                on_rows(CellRows(a - 1, out[a - 1 : b - 1], c0,
+                                 lambda g0, g1, cols=ALL: source.raw_rows(g0 - r0, g1 - r0, cols), c1 - c0))
             if progress:
                 progress(i + 1, len(starts))
     finally:
@@ -950,7 +957,8 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
             out[k0 : k0 + h] = np.where(frac >= MIN_VALID_FRACTION, y, np.float32(np.nan))
             if on_rows is not None:
                 kept.keep(max(0, STRIDE * (k0 + 1) + geometry.offset + STRIDE // 2 - keep_px), pieces)
-                on_rows(CellRows(k0, out[k0 : k0 + h], c0, lambda g0, g1: kept.rows(g0 - r0, g1 - r0)))
+                on_rows(CellRows(k0, out[k0 : k0 + h], c0, lambda g0, g1, cols=ALL: kept.rows(g0 - r0, g1 - r0, cols),
+                                 w0))
             if progress:
                 progress(i + 1, len(starts))
             if i + 1 < len(starts):
