@@ -101,6 +101,25 @@ def test_strip_buffers_are_kept_for_the_next_span_and_hold_nothing_of_the_last(k
     assert net.buffers(1, (1, 8, 64, 12))[0].shape == (1, 8, 64, 12) and len(net._buffers) == 1  # other shape
 
 
+def test_strips_shape_compiles_while_the_first_strip_is_read(keras_and_ov, monkeypatch):
+    """OpenVINO compiles for the strips' shape in the read-ahead thread while the first strip is read, once;
+    the strips then run on that compiled model."""
+    import threading
+
+    from minescan.models import onnx_net
+
+    (fcn, ofcn), _ = keras_and_ov
+    g, img, norm = FcnGeometry(201), _image(seed=8), _norm(seed=8)  # a gain of its own: a new WholeNet
+    compiles = []
+    real = onnx_net.ov_compile
+    monkeypatch.setattr(onnx_net, "ov_compile", lambda *a: compiles.append((threading.current_thread().name, a[3]))
+                        or real(*a))
+    kx, ky = range(2, 15), range(1, 12)
+    _same(predict_cells(ofcn, g, _reader(img), norm, kx, ky, block_cells=4), _whole(fcn, g, img, norm, kx, ky))
+    assert len(compiles) == 1 and compiles[0][0].startswith("minescan-read"), compiles
+    assert list(stream_net(ofcn, norm.gain).run.compiled) == [compiles[0][1]]
+
+
 def test_clip_and_other_nodata_and_no_prefetch(keras_and_ov):
     (fcn, ofcn), _ = keras_and_ov
     g, img, norm = FcnGeometry(201), _image(seed=3, nodata=7), _norm(clip=0.5, nodata=7)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -467,19 +468,31 @@ def _ov_runner(model: bytes, precision: str, threads: int | None, static: bool =
     one shape, see :func:`minescan.scan.inference._predict_whole`)."""
     if precision not in OV_PRECISIONS:  # found at load, not at the first strip
         raise Unsupported(f"precision {precision} on OpenVINO (it runs {', '.join(OV_PRECISIONS)})")
-    compiled: dict = {}
+    return _OvRunner(model, precision, threads, static)
 
-    def run(x: np.ndarray) -> np.ndarray:
+
+class _OvRunner:
+    """:func:`_ov_runner`'s run; ``prepare(shape)`` compiles for a shape ahead of the first call (from another
+    thread: a call for that shape waits for it)."""
+
+    def __init__(self, model: bytes, precision: str, threads: int | None, static: bool):
+        self.model, self.precision, self.threads, self.static = model, precision, threads, static
+        self.compiled: dict = {}
+        self.lock = threading.Lock()
+
+    def prepare(self, shape) -> object:
+        key = tuple(shape) if self.static else None
+        with self.lock:
+            if key not in self.compiled:
+                if len(self.compiled) >= 2:
+                    del self.compiled[next(iter(self.compiled))]
+                self.compiled[key] = ov_compile(self.model, self.precision, self.threads, key).create_infer_request()
+            return self.compiled[key]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        key = x.shape if static else None
-        if key not in compiled:
-            if len(compiled) >= 2:
-                del compiled[next(iter(compiled))]
-            compiled[key] = ov_compile(model, precision, threads, key).create_infer_request()
         # the output is a copy (share_outputs off): the request reuses its memory at the next call
-        return compiled[key].infer({0: x}, share_inputs=True)[0]
-
-    return run
+        return self.prepare(x.shape).infer({0: x}, share_inputs=True)[0]
 
 
 class OvNetwork(OrtNetwork):

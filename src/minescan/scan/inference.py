@@ -937,7 +937,11 @@ def _predict_whole(net: WholeNet, geometry, read, norm, kx, ky, max_block_mb, bl
     pool = ThreadPoolExecutor(1, thread_name_prefix="minescan-read") if prefetch else None
     compute_s = 0.0
     try:
+        prepare = getattr(net.run, "prepare", None)  # OpenVINO compiles for the strips' shape meanwhile
+        compiling = pool.submit(prepare, bufs[0].shape) if pool is not None and prepare is not None else None
         filled = fill(0, bufs[0], None)
+        if compiling is not None:
+            compiling.result()
         for i, k0 in enumerate(starts):
             h = min(n, ny - k0)
             buf = bufs[i % len(bufs)]
