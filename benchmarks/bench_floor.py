@@ -24,7 +24,9 @@ process (wall time, peak RSS from ``wait4``); the 1-minute load average is print
    and the candidates compared;
 5. **OpenVINO** (``detect.runtime: openvino``; whole strips, in bfloat16 where the CPU has the units, else
    float32): the stream from memory in the floor child, one quadrant per process and a tile per process,
-   the probability difference to the float32 job, the candidates compared, and the targets again;
+   on the tile as written (ZSTD) and stored uncompressed, each ``--repeat`` times interleaved (median
+   reported, every run's wall time printed), the probability difference to the float32 job, the
+   candidates compared, and the targets again;
 6. **tile compression**: the tile copied as DEFLATE + predictor 2 (GDAL default level), ZSTD + predictor 2
    (level 1), LZW + predictor 2 and uncompressed; size, and the time to read and decode quadrant NW's span
    in full-width strips as the job does, with 1 and 2 GDAL decode threads.
@@ -230,6 +232,12 @@ def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, thres
             "load": os.getloadavg()[0]}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Of several runs of one :func:`detect`, the one with the median wall time (the upper one of an even
+    count)."""
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+
+
 def same_files(work: Path, tag_a: str, tag_b: str, quadrants, names=("probability.tif", "classified.csv")) -> bool:
     """Whether two :func:`detect` runs wrote byte-identical ``names`` for each of ``quadrants``."""
     return all((work / f"{tag_a}_{q}" / n).read_bytes() == (work / f"{tag_b}_{q}" / n).read_bytes()
@@ -258,6 +266,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     ap.add_argument("--json", default=None, help="also write the figures as JSON here")
     ap.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
     ap.add_argument("--skip-compression", action="store_true", help="leave out the tile compression comparison")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each OpenVINO job (the median is reported)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -394,8 +403,24 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         prec = "bfloat16" if bf16 else "float32"
         bq.say(f"quadrant job and tile per process on OpenVINO, {prec} ...")
         ov_args = ("--runtime", "openvino", "--precision", prec)
-        jo = detect(work, tile_path, tile_px, ["NW"], "ovq", threshold, *ov_args)
-        to = detect(work, tile_path, tile_px, list(QUADRANTS), "ovt", threshold, *ov_args)
+        # the same jobs on the tile stored uncompressed (source.tile_compression: none), as make-tile writes it
+        raw_path = work / f"{bq.tile_id(tile_px)}-none.tif"
+        if not raw_path.exists():
+            bq.say("the tile stored uncompressed (source.tile_compression: none) ...")
+            from minescan.sources.local import recompress_tile
+
+            recompress_tile(tile_path, raw_path, "none")
+        with open(raw_path, "rb") as f:  # into the page cache, as the ZSTD tile is after the jobs above
+            while f.read(64 << 20):
+                pass
+        # each job --repeat times, the four kinds interleaved (this VM's speed drifts by +-30 % within
+        # minutes); the run with the median wall time of each kind is reported
+        rounds = [[detect(work, tile_path, tile_px, ["NW"], "ovq", threshold, *ov_args),
+                   detect(work, tile_path, tile_px, list(QUADRANTS), "ovt", threshold, *ov_args),
+                   detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args),
+                   detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args)]
+                  for _ in range(args.repeat)]
+        jo, to, jn, tn = (median_run([r[k] for r in rounds]) for k in range(4))
         go = read_grid(jo["outs"][0] / "probability.tif")
         c32, co = candidates(job["outs"][0] / "candidates.csv"), candidates(jo["outs"][0] / "candidates.csv")
         ov_identical = same_files(work, "ovq", "ovt", QUADRANTS[:1], ("probability.tif",))
@@ -412,21 +437,12 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
              f"{to['wall_s']:.2f} s = {to['wall_s'] / 4:.2f} s per quadrant (detect {to['detect_s']:.2f} s, peak RSS "
              f"{to['detect_rss_mb']:.0f} MB); NW byte-identical to its own process: {ov_identical}")
 
-        # the same jobs on the tile stored uncompressed (source.tile_compression: none), as make-tile writes it
-        raw_path = work / f"{bq.tile_id(tile_px)}-none.tif"
-        if not raw_path.exists():
-            bq.say("the tile stored uncompressed (source.tile_compression: none) ...")
-            from minescan.sources.local import recompress_tile
-
-            recompress_tile(tile_path, raw_path, "none")
-        with open(raw_path, "rb") as f:  # into the page cache, as the ZSTD tile is after the jobs above
-            while f.read(64 << 20):
-                pass
-        jn = detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args)
-        tn = detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args)
         same = same_files(work, "ovnt", "ovt", QUADRANTS)
         o.update(job_none={k: v for k, v in jn.items() if k != "outs"}, tile_none={k: v for k, v in tn.items() if k != "outs"},
                  none_identical=same, none_gb=raw_path.stat().st_size / 2**30, zstd_gb=tile_path.stat().st_size / 2**30)
+        o["walls"] = {tag: [r[k]["wall_s"] for r in rounds] for k, tag in enumerate(("ovq", "ovt", "ovnq", "ovnt"))}
+        note(f"OpenVINO {prec}: wall of each run (s), median reported",
+             "; ".join(f"{tag} {', '.join(f'{w:.2f}' for w in ws)}" for tag, ws in o["walls"].items()))
         note(f"uncompressed tile ({o['none_gb']:.2f} GB vs {o['zstd_gb']:.2f} GB ZSTD), OpenVINO {prec}",
              f"quadrant job {jn['wall_s']:.2f} s (read-ahead thread {jn['timing']['read_in_thread']:.2f} s vs "
              f"{jo['timing']['read_in_thread']:.2f} s); tile per process {tn['wall_s']:.2f} s = {tn['wall_s'] / 4:.2f} s "
