@@ -442,7 +442,7 @@ class WholeNet:
         return width * (8.0 * self.in_channels + 4.0 * self.conv1_channels)
 
     factor = 1
-    _buffers: list = field(default_factory=list, repr=False)
+    _buffers: list = field(default_factory=list, repr=False, compare=False)
 
     def buffers(self, count: int, shape: tuple[int, ...]) -> list[np.ndarray]:
         """``count`` float32 input buffers of ``shape``, kept for the next quadrant of the process (one

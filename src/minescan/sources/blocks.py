@@ -6,9 +6,10 @@ block into 12 per-band cache blocks and interleaving them again into the caller'
 job's quadrant span that costs 1.7-2.0 CPU-s, more than the bfloat16 network (docs/performance.md).
 :class:`BlockDecoder` instead decodes each block once, in parallel threads (imagecodecs releases the GIL),
 straight to the pixel-interleaved layout the scan uses (1.16-1.25 CPU-s for the same blocks, measured),
-and keeps the last rows of blocks for the next strips. An uncompressed file's blocks are read straight into
-buffers reused once they leave that cache (``source.tile_compression: none``; no decoding, and no new
-memory whose pages fault in again for every block).
+and keeps the last rows of blocks for the next strips. An uncompressed file (``source.tile_compression:
+none``) is not decoded at all: a window of all its bands is read by ``preadv`` straight into the window's
+rows, and blocks read for some bands only go to buffers reused once they leave the cache (no new memory
+whose pages fault in again for every block).
 
 It reads only what it can read exactly: a window inside the file, from a file whose blocks tifffile
 decodes with a lossless compression (:data:`LOSSLESS`, any predictor). Anything else (a strip-organised or
@@ -44,7 +45,10 @@ def available() -> bool:
 #: decoders of a process (a detect job opens its tile once per quadrant), up to FREE_BLOCK_BYTES each
 _FREE_BLOCKS: dict[tuple, list[np.ndarray]] = {}
 FREE_BLOCK_BYTES = 256 * 2**20
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per preadv
+try:
+    IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))  # buffers per preadv call (-1: no limit said)
+except (AttributeError, ValueError, OSError):
+    IOV_MAX = 16  # POSIX's minimum
 
 
 class BlockDecoder:
@@ -74,7 +78,8 @@ class BlockDecoder:
             # An uncompressed file in this machine's byte order: blocks are read straight into buffers
             # reused once they leave the cache (no new memory and no decoding per block: new buffers cost
             # page faults, ~0.25 s of system time per quadrant span)
-            self._plain = page.compression.name == "NONE" and self.dtype.newbyteorder(self._tif.byteorder).isnative
+            self._plain = (page.compression.name == "NONE" and hasattr(os, "preadv")
+                           and self.dtype.newbyteorder(self._tif.byteorder).isnative)
             self._block_bytes = self.th * self.tw * self.bands * self.dtype.itemsize
             self._free = _FREE_BLOCKS.setdefault((self.th, self.tw, self.bands, self.dtype.str), [])
         except Exception:
