@@ -7,9 +7,8 @@ job's quadrant span that costs 1.7-2.0 CPU-s, more than the bfloat16 network (do
 :class:`BlockDecoder` instead decodes each block once, in parallel threads (imagecodecs releases the GIL),
 straight to the pixel-interleaved layout the scan uses (1.16-1.25 CPU-s for the same blocks, measured),
 and keeps the last rows of blocks for the next strips. An uncompressed file (``source.tile_compression:
-none``) is not decoded at all: a window of all its bands is read by ``preadv`` straight into the window's
-rows, and blocks read for some bands only go to buffers reused once they leave the cache (no new memory
-whose pages fault in again for every block).
+none``) is not decoded or cached at all: a window is read by ``preadv`` straight into its rows (no block
+buffers, whose new pages would fault in again for every block).
 
 It reads only what it can read exactly: a window inside the file, from a file whose blocks tifffile
 decodes with a lossless compression (:data:`LOSSLESS`, any predictor). Anything else (a strip-organised or
@@ -41,10 +40,6 @@ def available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("tifffile", "imagecodecs"))
 
 
-#: Buffers of uncompressed blocks out of use, per (block height, width, bands, dtype), shared by the
-#: decoders of a process (a detect job opens its tile once per quadrant), up to FREE_BLOCK_BYTES each
-_FREE_BLOCKS: dict[tuple, list[np.ndarray]] = {}
-FREE_BLOCK_BYTES = 256 * 2**20
 try:
     IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))  # buffers per preadv call (-1: no limit said)
 except (AttributeError, ValueError, OSError):
@@ -75,13 +70,10 @@ class BlockDecoder:
             self.across = -(-self.width // self.tw)
             self._offsets, self._counts = page.dataoffsets, page.databytecounts
             self._decode = page.decode  # tifffile's decoder for this page (compression, predictor, byte order)
-            # An uncompressed file in this machine's byte order: blocks are read straight into buffers
-            # reused once they leave the cache (no new memory and no decoding per block: new buffers cost
-            # page faults, ~0.25 s of system time per quadrant span)
+            # An uncompressed file in this machine's byte order: windows read straight into place (_read_plain)
             self._plain = (page.compression.name == "NONE" and hasattr(os, "preadv")
                            and self.dtype.newbyteorder(self._tif.byteorder).isnative)
             self._block_bytes = self.th * self.tw * self.bands * self.dtype.itemsize
-            self._free = _FREE_BLOCKS.setdefault((self.th, self.tw, self.bands, self.dtype.str), [])
         except Exception:
             self._tif.close()
             raise
@@ -95,29 +87,12 @@ class BlockDecoder:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        with self._lock:
-            for block in self._cache.values():
-                self._recycle(block)
-            self._cache.clear()
         os.close(self._fd)
         self._tif.close()
-
-    def _recycle(self, block: np.ndarray) -> None:
-        if self._plain and block.shape == (self.th, self.tw, self.bands) and \
-                len(self._free) * self._block_bytes < FREE_BLOCK_BYTES:
-            self._free.append(block)
 
     def _block(self, i: int) -> np.ndarray | None:
         if not self._counts[i]:
             return None  # a sparse file's missing block: GDAL decides what it holds
-        if self._plain and self._counts[i] == self._block_bytes:
-            try:
-                buf = self._free.pop()
-            except IndexError:
-                buf = np.empty((self.th, self.tw, self.bands), self.dtype)
-            if os.preadv(self._fd, [buf.reshape(-1).view(np.uint8)], int(self._offsets[i])) == self._block_bytes:
-                return buf
-            return None  # a short read (a truncated file): GDAL reports it
         data = os.pread(self._fd, int(self._counts[i]), int(self._offsets[i]))
         seg, _, shape = self._decode(data, i)
         return None if seg is None else seg.reshape(shape[1], shape[2], shape[3])
@@ -171,10 +146,11 @@ class BlockDecoder:
             return None
         ys = range(row0 // self.th, (row1 - 1) // self.th + 1)
         xs = range(col0 // self.tw, (col1 - 1) // self.tw + 1)
-        if self._plain and list(bands) == list(range(self.bands)):
+        every = list(bands) == list(range(self.bands))
+        if self._plain:
             out = np.empty((row1 - row0, col1 - col0, self.bands), dtype=self.dtype)
             if self._read_plain(col0, row0, col1, row1, ys, xs, out):
-                return out
+                return out if every else np.ascontiguousarray(out[..., bands])
         wanted = [y * self.across + x for y in ys for x in xs]
         with self._lock:
             todo = [i for i in wanted if i not in self._cache]
@@ -189,17 +165,15 @@ class BlockDecoder:
             for i in wanted:
                 self._cache.move_to_end(i)
             while len(self._cache) > max(len(wanted), self.keep_rows * len(xs)):
-                old = self._cache.popitem(last=False)[1]
-                self._recycle(old)
-            # copied while holding the lock: a block's buffer is reused once it leaves the cache
-            out = np.empty((row1 - row0, col1 - col0, len(bands)), dtype=self.dtype)
-            every = list(bands) == list(range(self.bands))
-            for y in ys:
-                for x in xs:
-                    b = self._cache[y * self.across + x]
-                    by, bx = y * self.th, x * self.tw  # the block's first file pixel
-                    r0, r1 = max(row0, by), min(row1, by + b.shape[0])
-                    c0, c1 = max(col0, bx), min(col1, bx + b.shape[1])
-                    src = b[r0 - by : r1 - by, c0 - bx : c1 - bx]
-                    out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src if every else src[..., bands]
+                self._cache.popitem(last=False)
+            blocks = {i: self._cache[i] for i in wanted}
+        out = np.empty((row1 - row0, col1 - col0, len(bands)), dtype=self.dtype)
+        for y in ys:
+            for x in xs:
+                b = blocks[y * self.across + x]
+                by, bx = y * self.th, x * self.tw  # the block's first file pixel
+                r0, r1 = max(row0, by), min(row1, by + b.shape[0])
+                c0, c1 = max(col0, bx), min(col1, bx + b.shape[1])
+                src = b[r0 - by : r1 - by, c0 - bx : c1 - bx]
+                out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = src if every else src[..., bands]
         return out
