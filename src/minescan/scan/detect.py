@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import rasterio
 import rasterio.shutil
 from affine import Affine
@@ -29,8 +29,12 @@ from minescan.scan.inference import (
     predict_cells,
 )
 from minescan.scan.quality import QualityCheck, StreamSample, check_quadrant
+from minescan.scan.table import Table
 from minescan.scan.timing import JobClock
 from minescan.sources.local import TileRaster
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -190,20 +194,21 @@ def write_probability_raster(path, prob: np.ndarray, kx: range, ky: range, tile:
 
 
 def candidates_table(prob: np.ndarray, kx: range, ky: range, tile: Tile, quadrant: str, region_lonlat,
-                     threshold: float, cell_px: int = STRIDE) -> pd.DataFrame:
-    """Cells at or above ``threshold`` whose centre lies in the region (and the tile's zone strip)."""
+                     threshold: float, cell_px: int = STRIDE) -> Table:
+    """Cells at or above ``threshold`` whose centre lies in the region (and the tile's zone strip), as a
+    :class:`minescan.scan.table.Table` (no pandas in a detect process)."""
     iy, ix, cx, cy = candidate_cells(prob, threshold, kx.start, ky.start, tile.grid.resolution_m,
                                      region_in_tile_crs(region_lonlat, tile), cell_px)
     e, n = cell_centres_utm(cx, cy, tile.grid.resolution_m, cell_px)
     p = prob[iy, ix]
     lon, lat = _to_lonlat(e, n, tile.id.epsg)
-    df = pd.DataFrame({
+    table = Table({
         "cell_x": cx.astype(np.int64), "cell_y": cy.astype(np.int64),
         "zone": f"{tile.id.zone:02d}{tile.id.hemisphere}", "tile": tile.name, "quadrant": quadrant,
         "easting": e.round(2), "northing": n.round(2), "lon": np.round(lon, 7), "lat": np.round(lat, 7),
         "probability": np.round(p.astype(np.float64), 6),
-    }, columns=CANDIDATE_COLUMNS)
-    return df.sort_values(["cell_y", "cell_x"]).reset_index(drop=True)
+    }, CANDIDATE_COLUMNS)
+    return table.sorted_by("cell_y", "cell_x")
 
 
 def _to_lonlat(e: np.ndarray, n: np.ndarray, epsg: int):
@@ -319,7 +324,7 @@ def _patch_groups(row0: np.ndarray, col0: np.ndarray, w: int, max_n: int, rows_p
         i = j
 
 
-def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float,
+def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: Table | pd.DataFrame, scale: float,
                         batch_size: int = 512, rows_per_read: int = 256):
     """Yield (candidate positions, normalised (n, w, w, B) patches) in batches of <= ``batch_size``.
 
@@ -334,11 +339,11 @@ def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFr
     # has them, so cells of any size (27 px FCN cells, a patch model's stride) are rated alike
     if "easting" in cands.columns and "northing" in cands.columns:
         res = float(raster.ds.res[0])
-        col0 = np.floor(cands["easting"].to_numpy(np.float64) / res + 1e-6).astype(np.int64) - w // 2
-        row0 = np.floor(-cands["northing"].to_numpy(np.float64) / res + 1e-6).astype(np.int64) - w // 2
+        col0 = np.floor(np.asarray(cands["easting"], np.float64) / res + 1e-6).astype(np.int64) - w // 2
+        row0 = np.floor(-np.asarray(cands["northing"], np.float64) / res + 1e-6).astype(np.int64) - w // 2
     else:
-        col0 = patch_origin(cands["cell_x"].to_numpy(), w)
-        row0 = patch_origin(cands["cell_y"].to_numpy(), w)
+        col0 = patch_origin(np.asarray(cands["cell_x"]), w)
+        row0 = patch_origin(np.asarray(cands["cell_y"]), w)
     pend_idx: list[np.ndarray] = []
     pend_raw: list[np.ndarray] = []
 
@@ -361,7 +366,7 @@ def iter_impact_patches(raster: TileRaster, model: LoadedModel, cands: pd.DataFr
         yield take(batch_size)
 
 
-def rate_candidates(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame, scale: float,
+def rate_candidates(raster: TileRaster, model: LoadedModel, cands: Table | pd.DataFrame, scale: float,
                     batch_size: int = 512) -> np.ndarray:
     """Impact-CNN probabilities (N, 3) of the candidates, in batches (bounded memory)."""
     probs = np.zeros((len(cands), len(IMPACT_CLASSES)), dtype=np.float32)
@@ -373,26 +378,27 @@ def rate_candidates(raster: TileRaster, model: LoadedModel, cands: pd.DataFrame,
     return probs
 
 
-def _ratings(raster: TileRaster, impact: LoadedModel, cands: pd.DataFrame, scale: float, batch_size: int,
+def _ratings(raster: TileRaster, impact: LoadedModel, cands: Table, scale: float, batch_size: int,
              rater: StreamRater | None) -> np.ndarray:
     """Impact probabilities of the candidates: those the stream rated, the rest (e.g. with the block method
     or other bands) from patches read again."""
     probs = np.zeros((len(cands), len(IMPACT_CLASSES)), dtype=np.float32)
     have = rater.ratings if rater else {}
     todo = []
-    for i, key in enumerate(zip(cands["cell_x"].tolist(), cands["cell_y"].tolist(), strict=True)):
+    for i, key in enumerate(zip(np.asarray(cands["cell_x"]).tolist(), np.asarray(cands["cell_y"]).tolist(),
+                                strict=True)):
         if key in have:
             probs[i] = have[key]
         else:
             todo.append(i)
     if todo:
-        probs[todo] = rate_candidates(raster, impact, cands.iloc[todo], scale, batch_size)
+        probs[todo] = rate_candidates(raster, impact, cands.take(todo), scale, batch_size)
     log.info("impact CNN: %d candidates rated during the FCN stream, %d from patches read again",
              len(cands) - len(todo), len(todo))
     return probs
 
 
-def with_ratings(cands: pd.DataFrame, probs: np.ndarray | None) -> pd.DataFrame:
+def with_ratings(cands: Table | pd.DataFrame, probs: np.ndarray | None) -> Table | pd.DataFrame:
     """The candidates plus p_high, p_low, p_no_ore (6 decimals) and the impact class (None: 'unrated')."""
     out = cands.copy()
     if probs is None:
@@ -436,6 +442,8 @@ def run_classify(tile_path, tile: Tile, model: LoadedModel | None, scale: float,
     Candidates the detect job already rated with this very model (same content hash) are copied; others
     are read, normalised and rated here in batches of ``batch_size``. ``model`` may come from
     :func:`lazy_model`: its network is only loaded if there is something to rate."""
+    import pandas as pd
+
     cands = pd.read_csv(candidates_csv, dtype=dict.fromkeys(TEXT_COLUMNS, str))
     rated = cands[RATED_BY] if RATED_BY in cands.columns else None
     base = cands.drop(columns=[c for c in [*IMPACT_COLUMNS, RATED_BY] if c in cands.columns])
