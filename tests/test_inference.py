@@ -31,6 +31,7 @@ from minescan.scan.inference import (
     MIN_VALID_FRACTION,
     InferenceStats,
     Normalisation,
+    _valid_counter,
     fcn_flops,
     predict_cells,
     stream_chunk_cells,
@@ -539,3 +540,20 @@ def test_centre_on_long_rows_equals_the_plain_per_band_formula(clip, nodata):
     assert np.array_equal(wide[5:305, :250], ref) and np.isnan(wide[:5]).all() and np.isnan(wide[:, 250:]).all()
     every_other = img[:, ::2]  # pixels not adjacent: the per-band loop
     assert np.array_equal(norm.centre(every_other)[0], ref[:, ::2])
+
+
+def test_valid_counts_per_cell_from_pieces_of_any_height():
+    """The valid-pixel count of each cell's 27 x 27 px footprint, accumulated piece by piece as the tile is
+    read (each cell row updated once per piece), equals a direct count for any piece height."""
+    g = FcnGeometry(201)
+    nx, ny = 9, 7
+    h, w = STRIDE * (ny + 1 + g.valid_kernel) + 40, STRIDE * (nx + 1 + g.valid_kernel) + 40
+    valid = np.random.default_rng(0).random((h, w)) > 0.3
+    f0 = STRIDE + g.offset  # where the first cell's footprint starts
+    ref = valid[f0 : f0 + STRIDE * ny, f0 : f0 + STRIDE * nx].reshape(ny, STRIDE, nx, STRIDE).sum(axis=(1, 3))
+    for step in (1, 7, 27, 50, 135, h):
+        for every in (False, True):
+            counts, add = _valid_counter(g, nx, ny)
+            for a in range(0, h, step):
+                add(a, min(a + step, h), None if every else valid[a : a + step])
+            np.testing.assert_array_equal(counts, STRIDE * STRIDE if every else ref, err_msg=f"{step} {every}")

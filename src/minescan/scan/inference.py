@@ -816,12 +816,14 @@ def _valid_counter(geometry: FcnGeometry, nx: int, ny: int):
         ya, yb = max(a, f0), min(b, f0 + STRIDE * ny)
         if yb <= ya:
             return
-        idx = (np.arange(ya, yb) - f0) // STRIDE
+        # the cell rows these pixel rows fall in (ascending; a 135-row piece spans at most 6): each updated
+        # once with the sum of its pixel rows (np.add.at per pixel row took 2.8 ms a piece, 0.4 CPU-s a tile)
+        rows, per = np.unique((np.arange(ya, yb) - f0) // STRIDE, return_counts=True)
         if valid is None:
-            np.add.at(counts, idx, STRIDE)
+            counts[rows] += (STRIDE * per.astype(np.int32))[:, None]
         else:
-            fp = valid[ya - a : yb - a, f0 : f0 + STRIDE * nx].reshape(yb - ya, nx, STRIDE)
-            np.add.at(counts, idx, fp.sum(axis=2, dtype=np.int32))
+            fp = valid[ya - a : yb - a, f0 : f0 + STRIDE * nx].reshape(yb - ya, nx, STRIDE).sum(axis=2, dtype=np.int32)
+            counts[rows] += np.add.reduceat(fp, np.concatenate(([0], np.cumsum(per)[:-1])), axis=0)
 
     return counts, add
 
