@@ -42,7 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from minescan.scan.inference import as_pair, is_pool_config, is_same_conv_config, tail_reach_config
+from minescan.scan.inference import (
+    as_pair,
+    hidden_modules,
+    is_pool_config,
+    is_same_conv_config,
+    tail_reach_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +101,25 @@ def available(runtime: str = "onnxruntime") -> bool:
     return all(importlib.util.find_spec(m) is not None for m in (runtime, "onnx"))
 
 
+#: what ``import openvino`` imports only for its model conversion tool (``openvino.convert_model``, with absl
+#: and more); minescan hands OpenVINO the ONNX models it builds. Hidden at that import (a guarded import
+#: there): 0.07-0.13 s less per detect process (measured).
+OV_SKIPPED = ("openvino.tools.ovc",)
+
+
+def _openvino():
+    """``import openvino`` without :data:`OV_SKIPPED` (importable again afterwards)."""
+    import sys
+
+    if "openvino" not in sys.modules:
+        with hidden_modules(OV_SKIPPED):
+            import openvino  # noqa: F401
+    return sys.modules["openvino"]
+
+
 def ov_cpu_bf16() -> bool:
     """Whether OpenVINO computes bfloat16 natively on this CPU (AVX512_BF16 or AMX)."""
-    import openvino as ov
+    ov = _openvino()
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
@@ -449,10 +471,9 @@ def ov_compile(model: bytes, precision: str = "float32", threads: int | None = N
 
     The precision is always set: on CPUs with AMX OpenVINO would otherwise compute in bfloat16 by default.
     Its threads are not pinned to cores, so the tile's read-ahead thread shares them."""
-    import openvino as ov
-
     from minescan.scan.device import cpu_threads
 
+    ov = _openvino()
     core = ov.Core()
     net = core.read_model(model, b"")
     if shape is not None:

@@ -194,15 +194,32 @@ def import_keras_lean() -> None:
 
     if "keras" in sys.modules:
         return
-    hidden = [m for m in LEAN_SKIPPED if m not in sys.modules]
-    for m in hidden:
-        sys.modules[m] = None  # 'import m' now raises ImportError, which those imports tolerate
-    try:
+    with hidden_modules(LEAN_SKIPPED):
         _keras()
-    finally:
-        for m in hidden:
+
+
+class hidden_modules:  # noqa: N801 - used like a function: ``with hidden_modules(("x",)): import y``
+    """Within the block, importing any of ``names`` (not yet imported) raises ImportError, which the
+    optional imports of the packages imported meanwhile tolerate; afterwards they are importable again."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def __enter__(self):
+        import sys
+
+        self.hidden = [m for m in self.names if m not in sys.modules]
+        for m in self.hidden:
+            sys.modules[m] = None  # 'import m' now raises ImportError
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        for m in self.hidden:
             if m in sys.modules and sys.modules[m] is None:
                 del sys.modules[m]
+        return False
 
 
 def _keras():
