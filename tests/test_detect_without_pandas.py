@@ -38,6 +38,7 @@ def _columns():
         "f": np.array([0.1, np.nan, 1e-07, -0.0]),
         "g": np.array([123456.78, 1e16, 5.0, 0.30000000000000004]),
         "f32": np.array([0.1, 2.5, np.nan, 3e-8], dtype=np.float32),
+        "objects": np.array(["x", None, np.nan, "y"], dtype=object),  # text as an object array
     }
 
 

@@ -72,11 +72,6 @@ class Table:
             writer.writerow(self.columns)
             writer.writerows(zip(*(_as_written(v) for v in self._cols.values()), strict=True))
 
-    def to_pandas(self):
-        import pandas as pd
-
-        return pd.DataFrame({k: v for k, v in self._cols.items()}, columns=self.columns)
-
 
 def _scalar(v) -> bool:
     return isinstance(v, str | int | float | np.generic) or v is None
@@ -84,7 +79,7 @@ def _scalar(v) -> bool:
 
 def _as_written(values) -> list[str]:
     """A column's fields as pandas' CSV writer prints them."""
-    if isinstance(values, list):  # text (object column): verbatim, None and NaN as empty fields
+    if isinstance(values, list) or values.dtype.kind in "OUS":  # text: verbatim, None and NaN as empty fields
         return ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
     out = values.astype(str)
     if values.dtype.kind in "fc":
