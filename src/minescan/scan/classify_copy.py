@@ -4,7 +4,8 @@ When the detect job has already rated every candidate with this very impact mode
 column holds the model's content hash), ``minescan classify`` only rewrites candidates.csv as
 classified.csv. Through :func:`minescan.scan.detect.run_classify` that costs the process ~0.6 s of imports
 (pandas, rasterio, shapely, pyproj) per quadrant job; :func:`copy_rated` does it with the standard library
-(plus :mod:`minescan.models.store` for the card and the hash) and writes the very bytes run_classify writes:
+(plus :mod:`minescan.models.store` for the card and the hash, and :class:`minescan.scan.table.Table`, the
+detect job's CSV writer) and writes the very bytes run_classify writes:
 the candidates' columns minus the ratings and ``impact_model``, then p_high, p_low, p_no_ore, impact; each
 value as pandas reads and writes it back (an integer column as int64 prints, a float column as numpy
 prints the parsed float64, text verbatim); the same line ends, atomic write and log lines.
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from collections import Counter
 from pathlib import Path
 
 from minescan.io_utils import atomic_output
 from minescan.models.store import model_fingerprint, read_card_of_kind
+from minescan.scan.table import Table
 
 # run_classify's lines, under its logger: a job's log reads the same whichever path copied the ratings
 log = logging.getLogger("minescan.scan.detect")
@@ -88,10 +89,8 @@ def copy_rated(candidates_csv, classified_out, model_dir, tile: str) -> dict | N
     if rows and columns["impact"][0] != "text":  # the class labels (counted by name below)
         return None
     order = [c for c in header if c not in (*IMPACT_COLUMNS, RATED_BY)] + IMPACT_COLUMNS
-    with atomic_output(classified_out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator=os.linesep)  # DataFrame.to_csv's defaults
-        writer.writerow(order)
-        writer.writerows(zip(*(columns[c][1] for c in order), strict=True))
+    with atomic_output(classified_out) as tmp:  # text columns, written verbatim as DataFrame.to_csv would
+        Table({c: columns[c][1] for c in order}, order).to_csv(tmp)
     labels = columns["impact"][1]
     if rows:
         log.info("%s: %d candidates already rated by %s in the detect job", name, len(rows), Path(model_dir))
