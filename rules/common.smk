@@ -9,7 +9,10 @@
 import re
 import shlex
 
+import snakemake.rules
+
 from minescan.grid import QUADRANTS
+from minescan.scan.plan import tile_batches
 from minescan.periods import following_periods
 from minescan.sources.local import expand_sources, sources_for_tile
 
@@ -129,3 +132,23 @@ PIXEL_DEMO_TARGETS = [f"{R}/{REGION}/{PERIODS[-1]}/pixel/evaluation.json"] if PI
 def pixel_demo_periods(wildcards):
     """The evaluated demo periods: this one and the ones after it."""
     return following_periods(wildcards.period, PIXEL_DEMO["periods"])
+
+
+# detect.tiles_per_job (rules/detect_tile.smk): the batches of two tiles or more, and their rules' class
+class _GroupedLikeTileJob(snakemake.rules.Rule):
+    """The group of a batch is detect_tile's, as the profile's ``groups`` give it (e.g. "quadrant")."""
+
+    @property
+    def group(self):
+        return rules.detect_tile.rule.group
+
+    @group.setter
+    def group(self, group):
+        self._group = group
+
+
+TILE_BATCHES = (
+    [b for b in tile_batches(FULL_TILES, config["detect"]["tiles_per_job"]) if len(b) > 1]
+    if config["detect"]["quadrants_per_job"] == "tile" and config["detect"]["tiles_per_job"] > 1
+    else []
+)

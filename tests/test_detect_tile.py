@@ -2,6 +2,7 @@
 per-quadrant files, byte for byte, as one job per quadrant; tiles on the region's edge keep one job per
 quadrant."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,77 @@ def test_detect_needs_one_output_pair_per_quadrant(tmp_path, bright_model_dir):
         text=True,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert (
-        r.stderr.strip().splitlines()[-1].startswith("minescan: error: detect: 2 quadrants but 1 --prob-out")
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "minescan: error: detect: 1 tile(s) x 2 quadrant(s) but 1 --prob-out and 2 --candidates-out"
     )
+
+
+def test_detect_needs_one_tile_path_per_tile(tmp_path, bright_model_dir):
+    r = subprocess.run(
+        [sys.executable, "-m", "minescan.cli", "detect", "--tile", "21S-E092-N1440", "21S-E093-N1440",
+         "--quadrant", "NW", "--tile-path", str(tmp_path / "t.tif"), "--model", str(bright_model_dir),
+         "--region", str(tmp_path / "r.geojson"), "--prob-out", "p1.tif", "p2.tif",
+         "--candidates-out", "c1.csv", "c2.csv"],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "minescan: error: detect: 2 --tile but 1 --tile-path (one each per tile)"
+
+
+def test_tile_batches_are_fixed_by_grid_position():
+    from minescan.scan.plan import tile_batches
+
+    tiles = ["21S-E093-N1440", "21S-E092-N1440", "21S-E094-N1440", "21S-E093-N1441", "22S-E093-N1440",
+             "21N-E093-N1440"]
+    assert tile_batches(tiles, 2) == [
+        ["21N-E093-N1440"],
+        ["21S-E092-N1440", "21S-E093-N1440"],  # columns 92-93 of row 1440
+        ["21S-E094-N1440"],  # 94-95: 95 is not in the region
+        ["21S-E093-N1441"],  # another row
+        ["22S-E093-N1440"],  # another zone
+    ]
+    # a tile added to the region joins its own batch and leaves the others as they were
+    grown = tile_batches([*tiles, "21S-E095-N1440"], 2)
+    assert ["21S-E094-N1440", "21S-E095-N1440"] in grown and ["21S-E092-N1440", "21S-E093-N1440"] in grown
+    assert sorted(tuple(b) for b in tile_batches(tiles, 1)) == sorted((t,) for t in tiles)
+    assert [len(b) for b in tile_batches([f"21S-E{c:03d}-N1440" for c in range(90, 99)], 4)] == [2, 4, 3]
+    with pytest.raises(ValueError, match="tiles per batch must be >= 1"):
+        tile_batches(tiles, 0)
+
+
+def test_two_tiles_per_job_give_the_same_files(tmp_path):
+    """detect.tiles_per_job: 2 runs two neighbouring tiles in one detect job (a rule per batch) with the same
+    per-quadrant files, byte for byte, as a job per tile; new imagery of one tile re-runs its batch."""
+    snakefile = snapshot_workflow(tmp_path / "workflow")
+    models = tmp_path / "models"
+    save_test_model(models / "discovery", "discovery", bright_square_fcn())
+    save_test_model(models / "impact", "impact", constant_impact_cnn())
+    tiles = [grid_tile(92, 1440), grid_tile(93, 1440)]
+    runs = {}
+    for kind, detect in (("tile", {}), ("batch", {"tiles_per_job": 2})):
+        d = tmp_path / kind
+        d.mkdir()
+        write_tiny_scene(d, tiles, mine_squares(tiles))
+        write_tiny_config(d, models / "discovery", models / "impact",
+                          detect={"block_cells": 7, "quadrants_per_job": "tile", **detect})
+        runs[kind] = job_counts((lambda r: r.stdout + r.stderr)(run_snakemake(d, TARGET, snakefile=snakefile)))
+    batch_rule = "detect_tiles_21S_E092_N1440"
+    assert runs["tile"] == {"tile": 2, "detect_tile": 2, "classify_tile": 2, "merge": 1}
+    assert runs["batch"] == {"tile": 2, batch_rule: 1, "classify_tile": 2, "merge": 1}
+    a, b = (tmp_path / k / "results" / "tiny" / "2026Q1" for k in ("tile", "batch"))
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".kml"))
+    assert len([f for f in files if f.parts[0] == "quadrants"]) == 16
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f"{f} differs"
+    probs = sorted(a.glob("quadrants/*/probability.tif"))
+    assert len(probs) == 8 and all((b / p.relative_to(a)).read_bytes() == p.read_bytes() for p in probs)
+    logs = tmp_path / "batch" / "results" / "logs" / "tiny" / "2026Q1" / "detect"
+    assert [p.name for p in logs.iterdir()] == ["batch_21S-E092-N1440.log"]
+    # new imagery of one tile (other bytes, newer): its batch runs again, both tiles, as documented
+    tile_tif = b / "tiles" / f"{tiles[1].name}.tif"
+    data = bytearray(tile_tif.read_bytes())
+    data[-1] ^= 1
+    tile_tif.write_bytes(bytes(data))
+    os.utime(tile_tif, (tile_tif.stat().st_atime, tile_tif.stat().st_mtime + 60))
+    r = run_snakemake(tmp_path / "batch", "-n", TARGET, snakefile=snakefile)
+    assert job_counts(r.stdout + r.stderr) == {batch_rule: 1, "classify_tile": 2, "merge": 1}

@@ -109,3 +109,30 @@ def test_profiles_lint_clean(profile):
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Lints for" not in out, out[-4000:]
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm-cpu"])
+def test_a_batch_of_tiles_asks_for_what_a_tile_job_asks_for(tmp_path, profile):
+    """detect.tiles_per_job: the batch rules are named per batch, so they take detect_tile's resources and
+    group from the profile (partition, GPU, memory) instead of the defaults."""
+    tiles = [grid_tile(92, 1440), grid_tile(93, 1440)]
+    write_tiny_scene(tmp_path, tiles, mine_squares(tiles))
+    save_test_model(tmp_path / "models" / "discovery", "discovery", bright_square_fcn())
+    save_test_model(tmp_path / "models" / "impact", "impact", constant_impact_cnn())
+    write_tiny_config(tmp_path, tmp_path / "models" / "discovery", tmp_path / "models" / "impact",
+                      detect={"block_cells": 7, "tiles_per_job": 2})
+    r = run_snakemake(tmp_path, "-n", "results/tiny/2026Q1/summary.json",
+                      profile_args=("--profile", str(ROOT / "profiles" / profile)))
+    out = r.stdout + r.stderr
+    jobs = _jobs(out)
+    assert set(jobs) == {"tile", "detect_tiles_21S_E092_N1440", "classify_tile", "merge"}, jobs
+    batch = jobs["detect_tiles_21S_E092_N1440"]
+    on_gpu = profile == "slurm"
+    assert ("slurm_partition=gpu" in batch) == on_gpu and ("gres=gpu:1" in batch) == on_gpu, batch
+    assert on_gpu or "slurm_partition=cpu" in batch, batch
+    mem = {m.group(1) for m in re.finditer(r"\bmem_mb=(\d+)", batch)}
+    assert mem == {"16000" if on_gpu else "2000"}, batch  # detect_tile's attempt * 16000 (2000 without GPUs)
+    # grouped with its tiles' classify jobs as a tile job is (the profile's group "quadrant"): one SLURM
+    # job; a dry run indents the rules of a group job
+    assert re.search(r"^ +rule detect_tiles_21S_E092_N1440:$", out, re.M), out[-3000:]
+    assert re.search(r"^ +rule classify_tile:$", out, re.M), out[-3000:]

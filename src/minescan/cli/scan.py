@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from minescan.cli.common import grid_args, tile_from_args
+from minescan.cli.common import grid_args, grid_from_args, tile_from_args
 from minescan.errors import ConfigError
 
 log = logging.getLogger("minescan")
@@ -47,14 +47,22 @@ def cmd_detect(args) -> int:
     from minescan.models.store import load_model, read_card
     from minescan.scan import device
 
-    if not len(args.quadrant) == len(args.prob_out) == len(args.candidates_out):
-        raise ConfigError(f"detect: {len(args.quadrant)} quadrants but {len(args.prob_out)} --prob-out and "
-                          f"{len(args.candidates_out)} --candidates-out paths (one each per quadrant)")
+    if len(args.tile) != len(args.tile_path):
+        raise ConfigError(f"detect: {len(args.tile)} --tile but {len(args.tile_path)} --tile-path (one each per tile)")
+    jobs = [(t, path, q) for t, path in zip(args.tile, args.tile_path, strict=True) for q in args.quadrant]
+    if not len(jobs) == len(args.prob_out) == len(args.candidates_out):
+        raise ConfigError(f"detect: {len(args.tile)} tile(s) x {len(args.quadrant)} quadrant(s) but "
+                          f"{len(args.prob_out)} --prob-out and {len(args.candidates_out)} --candidates-out paths "
+                          "(one each per quadrant of each tile, tile by tile)")
     device.keep_freed_memory()
     card = read_card(args.model)
     if card["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
         from minescan.pixel.detect import cmd_detect_pixel
 
+        if len(args.tile) > 1:
+            raise ConfigError(f"detect: a pixel model ({args.model}) runs one tile per job, not {len(args.tile)} "
+                              "(detect.tiles_per_job: 1)")
+        args.tile, args.tile_path = args.tile[0], args.tile_path[0]
         return cmd_detect_pixel(args)
     from minescan.scan.detect import run_detect
     from minescan.scan.inference import (
@@ -109,10 +117,14 @@ def cmd_detect(args) -> int:
         except ValueError as exc:
             raise ConfigError(f"--pyramid: not JSON ({exc})") from exc
         pyramid = Pyramid.from_dict(section, lambda p: load_model(p, expect_kind="discovery"))
-    # several quadrants (detect.quadrants_per_job: tile): one TensorFlow start and model load for all
-    for quadrant, prob_out, cands_out in zip(args.quadrant, args.prob_out, args.candidates_out, strict=True):
+    # several quadrants (detect.quadrants_per_job: tile) or tiles (detect.tiles_per_job): one start-up and
+    # model load for all, the quadrants one after the other, each exactly as in a job of its own
+    from minescan.grid import Tile, TileId
+
+    grid = grid_from_args(args)
+    for (name, tile_path, quadrant), prob_out, cands_out in zip(jobs, args.prob_out, args.candidates_out, strict=True):
         with compute_precision(args.precision):
-            run_detect(args.tile_path, tile_from_args(args), quadrant, model, region, args.scale,
+            run_detect(tile_path, Tile(TileId.parse(name), grid), quadrant, model, region, args.scale,
                        args.threshold, args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
                        impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label, "RUNTIME": runtime},
@@ -208,11 +220,11 @@ def register(sub) -> None:
     p = sub.add_parser("config-reference", help="print every config key (type, default, description) as Markdown")
     p.set_defaults(func=cmd_config_reference)
 
-    p = sub.add_parser("detect", help="discovery FCN on one quadrant (or several of a tile, one after the "
-                       "other, in one process): probability COG + candidates CSV each")
-    p.add_argument("--tile", required=True)
+    p = sub.add_parser("detect", help="discovery FCN on one quadrant (or several of a tile, or of several tiles, "
+                       "one after the other, in one process): probability COG + candidates CSV each")
+    p.add_argument("--tile", required=True, nargs="+", help="tile id; several: the --quadrant of each, in one process")
     p.add_argument("--quadrant", required=True, choices=["NW", "NE", "SW", "SE"], nargs="+")
-    p.add_argument("--tile-path", required=True)
+    p.add_argument("--tile-path", required=True, nargs="+", help="the tile's GeoTIFF; one per --tile, in the same order")
     p.add_argument("--model", required=True, help="discovery model directory")
     p.add_argument("--region", required=True, help="region file (candidates outside are dropped)")
     p.add_argument("--region-layer", default=None)
@@ -261,8 +273,10 @@ def register(sub) -> None:
     p.add_argument("--period", default=None, help="the tile's period (pixel models with the month feature)")
     p.add_argument("--water", default=None, help="water polygons (pixel models with the water distance; "
                    "default: the MNDWI water mask)")
-    p.add_argument("--prob-out", required=True, nargs="+", help="one per --quadrant, in the same order")
-    p.add_argument("--candidates-out", required=True, nargs="+", help="one per --quadrant, in the same order")
+    p.add_argument("--prob-out", required=True, nargs="+",
+                   help="one per --quadrant of each --tile, in the same order (the first tile's quadrants first)")
+    p.add_argument("--candidates-out", required=True, nargs="+",
+                   help="one per --quadrant of each --tile, in the same order")
     grid_args(p)
     p.set_defaults(func=cmd_detect)
 

@@ -45,6 +45,20 @@ class ScanPlan:
                 "tiles": self.tiles, "quadrants": [f"{t}_{q}" for t, q in self.quadrants]}
 
 
+def tile_batches(tiles: list[str], size: int) -> list[list[str]]:
+    """``tiles`` in batches of at most ``size`` neighbours along a row of the fixed grid (same zone and row,
+    columns ``size * k`` to ``size * k + size - 1``), for ``detect.tiles_per_job``: a tile's batch depends
+    on its position only, not on which other tiles a region holds, so growing the region (or new imagery of
+    another batch) re-runs no batch it did not touch. Sorted, each batch's tiles by column."""
+    if size < 1:
+        raise ValueError(f"tiles per batch must be >= 1, not {size}")
+    groups: dict[tuple, list[TileId]] = {}
+    for name in tiles:
+        t = TileId.parse(name)
+        groups.setdefault((t.zone, t.hemisphere, t.row, t.col // size), []).append(t)
+    return [[str(t) for t in sorted(ids, key=lambda t: t.col)] for _, ids in sorted(groups.items())]
+
+
 def scan_plan(cfg: dict) -> ScanPlan:
     grid = GridSpec.from_config(cfg)
     region_file = cfg["region"]["file"]
