@@ -70,3 +70,44 @@ if config["detect"]["quadrants_per_job"] == "tile" and FULL_TILES:
             "minescan classify --tile {wildcards.tile} --tile-path {input.tile:q} --model {params.model:q} "
             "--candidates {input.candidates:q} --scale {params.scale} --batch-size {params.batch} {params.grid} "
             "--out {output:q} 2> {log:q}"
+
+
+# A batch of tiles (detect.tiles_per_job > 1; rules/detect_tile.smk): the ratings of its tiles' quadrants in
+# one job and process beside the batch's detect job, with classify_tile's resources and group; the same
+# per-quadrant classified.csv. A rule per batch, named after its first tile.
+for _batch in TILE_BATCHES:
+    _name = f"classify_tiles_{_batch[0].replace('-', '_')}"
+
+    rule:
+        name:
+            _name
+        input:
+            tiles=[f"{SCAN}/tiles/{t}.tif" for t in _batch],
+            candidates=[f"{SCAN}/quadrants/{t}_{q}/candidates.csv" for t in _batch for q in QUADRANTS],
+            model=model_files(IMPACT),
+        output:
+            [f"{SCAN}/quadrants/{t}_{q}/classified.csv" for t in _batch for q in QUADRANTS],
+        conda:
+            ENV_GPU
+        log:
+            f"{LOGS}/classify/batch_{_batch[0]}.log",
+        benchmark:
+            f"{BENCH}/classify/batch_{_batch[0]}.tsv"
+        params:
+            tiles=" ".join(_batch),
+            grid=rules.classify.params.grid,
+            scale=rules.classify.params.scale,
+            model=rules.classify.params.model,
+            batch=rules.classify.params.batch,
+        threads: 2
+        shell:
+            "minescan classify --tile {params.tiles} --tile-path {input.tiles:q} --model {params.model:q} "
+            "--candidates {input.candidates:q} --scale {params.scale} --batch-size {params.batch} {params.grid} "
+            "--out {output:q} 2> {log:q}"
+
+    _rule = getattr(rules, _name).rule
+    _rule.resources = rules.classify_tile.rule.resources.copy()
+    _rule.__class__ = _GroupedLikeTileJob
+    _rule.like_rule = "classify_tile"
+    workflow.ruleorder(_name, "classify_tile")
+    workflow.ruleorder(_name, "classify")

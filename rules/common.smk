@@ -136,11 +136,14 @@ def pixel_demo_periods(wildcards):
 
 # detect.tiles_per_job (rules/detect_tile.smk): the batches of two tiles or more, and their rules' class
 class _GroupedLikeTileJob(snakemake.rules.Rule):
-    """The group of a batch is detect_tile's, as the profile's ``groups`` give it (e.g. "quadrant")."""
+    """The group of a batch is its tile job's (``like_rule``: detect_tile or classify_tile), as the
+    profile's ``groups`` give it (e.g. "quadrant")."""
+
+    like_rule = "detect_tile"
 
     @property
     def group(self):
-        return rules.detect_tile.rule.group
+        return getattr(rules, self.like_rule).rule.group
 
     @group.setter
     def group(self, group):

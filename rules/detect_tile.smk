@@ -112,6 +112,7 @@ for _batch in TILE_BATCHES:
     _rule = getattr(rules, _name).rule
     _rule.resources = rules.detect_tile.rule.resources.copy()
     _rule.__class__ = _GroupedLikeTileJob
+    _rule.like_rule = "detect_tile"
 
     workflow.ruleorder(_name, "detect_tile")
     workflow.ruleorder(_name, "detect")

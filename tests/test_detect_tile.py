@@ -137,6 +137,19 @@ def test_detect_needs_one_tile_path_per_tile(tmp_path, bright_model_dir):
     assert r.stderr.strip().splitlines()[-1] == "minescan: error: detect: 2 --tile but 1 --tile-path (one each per tile)"
 
 
+def test_classify_needs_as_many_quadrants_for_each_tile(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "minescan.cli", "classify", "--tile", "21S-E092-N1440", "21S-E093-N1440",
+         "--tile-path", "a.tif", "b.tif", "--model", "none", "--candidates", "c1.csv", "c2.csv", "c3.csv",
+         "--out", "o1.csv", "o2.csv", "o3.csv"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "minescan: error: classify: 3 --candidates for 2 tiles (as many quadrants for each tile, tile by tile)")
+    assert not list(tmp_path.iterdir())
+
+
 def test_tile_batches_are_fixed_by_grid_position():
     from minescan.scan.plan import tile_batches
 
@@ -159,8 +172,9 @@ def test_tile_batches_are_fixed_by_grid_position():
 
 
 def test_two_tiles_per_job_give_the_same_files(tmp_path):
-    """detect.tiles_per_job: 2 runs two neighbouring tiles in one detect job (a rule per batch) with the same
-    per-quadrant files, byte for byte, as a job per tile; new imagery of one tile re-runs its batch."""
+    """detect.tiles_per_job: 2 runs two neighbouring tiles in one detect job and one classify job (a rule per
+    batch) with the same per-quadrant files, byte for byte, as jobs per tile; new imagery of one tile
+    re-runs its batch."""
     snakefile = snapshot_workflow(tmp_path / "workflow")
     models = tmp_path / "models"
     save_test_model(models / "discovery", "discovery", bright_square_fcn())
@@ -174,9 +188,9 @@ def test_two_tiles_per_job_give_the_same_files(tmp_path):
         write_tiny_config(d, models / "discovery", models / "impact",
                           detect={"block_cells": 7, "quadrants_per_job": "tile", **detect})
         runs[kind] = job_counts((lambda r: r.stdout + r.stderr)(run_snakemake(d, TARGET, snakefile=snakefile)))
-    batch_rule = "detect_tiles_21S_E092_N1440"
+    batch_rule, classify_rule = "detect_tiles_21S_E092_N1440", "classify_tiles_21S_E092_N1440"
     assert runs["tile"] == {"tile": 2, "detect_tile": 2, "classify_tile": 2, "merge": 1}
-    assert runs["batch"] == {"tile": 2, batch_rule: 1, "classify_tile": 2, "merge": 1}
+    assert runs["batch"] == {"tile": 2, batch_rule: 1, classify_rule: 1, "merge": 1}
     a, b = (tmp_path / k / "results" / "tiny" / "2026Q1" for k in ("tile", "batch"))
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".kml"))
     assert len([f for f in files if f.parts[0] == "quadrants"]) == 16
@@ -184,8 +198,13 @@ def test_two_tiles_per_job_give_the_same_files(tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f"{f} differs"
     probs = sorted(a.glob("quadrants/*/probability.tif"))
     assert len(probs) == 8 and all((b / p.relative_to(a)).read_bytes() == p.read_bytes() for p in probs)
-    logs = tmp_path / "batch" / "results" / "logs" / "tiny" / "2026Q1" / "detect"
-    assert [p.name for p in logs.iterdir()] == ["batch_21S-E092-N1440.log"]
+    logs = tmp_path / "batch" / "results" / "logs" / "tiny" / "2026Q1"
+    assert [p.name for p in (logs / "detect").iterdir()] == ["batch_21S-E092-N1440.log"]
+    assert [p.name for p in (logs / "classify").iterdir()] == ["batch_21S-E092-N1440.log"]
+    # a replaced impact model re-runs the batch's classify job only, as for a tile job
+    save_test_model(models / "impact", "impact", constant_impact_cnn(label=1))
+    r = run_snakemake(tmp_path / "batch", "-n", TARGET, snakefile=snakefile)
+    assert job_counts(r.stdout + r.stderr) == {classify_rule: 1, "merge": 1}
     # new imagery of one tile (other bytes, newer): its batch runs again, both tiles, as documented
     tile_tif = b / "tiles" / f"{tiles[1].name}.tif"
     data = bytearray(tile_tif.read_bytes())
@@ -193,4 +212,4 @@ def test_two_tiles_per_job_give_the_same_files(tmp_path):
     tile_tif.write_bytes(bytes(data))
     os.utime(tile_tif, (tile_tif.stat().st_atime, tile_tif.stat().st_mtime + 60))
     r = run_snakemake(tmp_path / "batch", "-n", TARGET, snakefile=snakefile)
-    assert job_counts(r.stdout + r.stderr) == {batch_rule: 1, "classify_tile": 2, "merge": 1}
+    assert job_counts(r.stdout + r.stderr) == {batch_rule: 1, classify_rule: 1, "merge": 1}

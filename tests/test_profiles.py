@@ -125,7 +125,8 @@ def test_a_batch_of_tiles_asks_for_what_a_tile_job_asks_for(tmp_path, profile):
                       profile_args=("--profile", str(ROOT / "profiles" / profile)))
     out = r.stdout + r.stderr
     jobs = _jobs(out)
-    assert set(jobs) == {"tile", "detect_tiles_21S_E092_N1440", "classify_tile", "merge"}, jobs
+    assert set(jobs) == {"tile", "detect_tiles_21S_E092_N1440", "classify_tiles_21S_E092_N1440", "merge"}, jobs
+    assert ("slurm_partition=gpu" in jobs["classify_tiles_21S_E092_N1440"]) == (profile == "slurm")
     batch = jobs["detect_tiles_21S_E092_N1440"]
     on_gpu = profile == "slurm"
     assert ("slurm_partition=gpu" in batch) == on_gpu and ("gres=gpu:1" in batch) == on_gpu, batch
@@ -135,4 +136,4 @@ def test_a_batch_of_tiles_asks_for_what_a_tile_job_asks_for(tmp_path, profile):
     # grouped with its tiles' classify jobs as a tile job is (the profile's group "quadrant"): one SLURM
     # job; a dry run indents the rules of a group job
     assert re.search(r"^ +rule detect_tiles_21S_E092_N1440:$", out, re.M), out[-3000:]
-    assert re.search(r"^ +rule classify_tile:$", out, re.M), out[-3000:]
+    assert re.search(r"^ +rule classify_tiles_21S_E092_N1440:$", out, re.M), out[-3000:]

@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from minescan.cli.common import grid_args, grid_from_args, tile_from_args
+from minescan.cli.common import grid_args, grid_from_args
 from minescan.errors import ConfigError
 
 log = logging.getLogger("minescan")
@@ -138,21 +138,30 @@ def cmd_classify(args) -> int:
     if len(args.candidates) != len(args.out):
         raise ConfigError(f"classify: {len(args.candidates)} --candidates but {len(args.out)} --out paths "
                           "(one each per quadrant)")
+    if len(args.tile) != len(args.tile_path):
+        raise ConfigError(f"classify: {len(args.tile)} --tile but {len(args.tile_path)} --tile-path (one each per tile)")
+    if len(args.candidates) % len(args.tile):
+        raise ConfigError(f"classify: {len(args.candidates)} --candidates for {len(args.tile)} tiles (as many "
+                          "quadrants for each tile, tile by tile)")
+    per_tile = len(args.candidates) // len(args.tile)
     model = None
-    # several quadrants (detect.quadrants_per_job: tile): one process for the tile's four
-    for candidates, out in zip(args.candidates, args.out, strict=True):
+    # several quadrants (detect.quadrants_per_job: tile) or tiles (detect.tiles_per_job): one process
+    for i, (candidates, out) in enumerate(zip(args.candidates, args.out, strict=True)):
+        name, tile_path = args.tile[i // per_tile], args.tile_path[i // per_tile]
         if args.model not in ("none", ""):
             from minescan.scan.classify_copy import copy_rated
 
             # all rated by this very model in the detect job: copied without importing pandas or rasterio
-            if copy_rated(candidates, out, args.model, args.tile) is not None:
+            if copy_rated(candidates, out, args.model, name) is not None:
                 continue
+        from minescan.grid import Tile, TileId
         from minescan.scan.detect import lazy_model, run_classify
 
         # the network (and TensorFlow) is only loaded if some candidate is not yet rated by this model
         if model is None and args.model not in ("none", ""):
             model = lazy_model(args.model, "impact")
-        run_classify(args.tile_path, tile_from_args(args), model, args.scale, candidates, out, args.batch_size)
+        run_classify(tile_path, Tile(TileId.parse(name), grid_from_args(args)), model, args.scale, candidates, out,
+                     args.batch_size)
     return 0
 
 
@@ -280,11 +289,13 @@ def register(sub) -> None:
     grid_args(p)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("classify", help="impact CNN on the candidates of a tile's quadrants (one or several)")
-    p.add_argument("--tile", required=True)
-    p.add_argument("--tile-path", required=True)
+    p = sub.add_parser("classify", help="impact CNN on the candidates of a tile's quadrants (one or several), or "
+                       "of several tiles' quadrants")
+    p.add_argument("--tile", required=True, nargs="+", help="tile id; several: as many --candidates for each")
+    p.add_argument("--tile-path", required=True, nargs="+", help="the tile's GeoTIFF; one per --tile, in the same order")
     p.add_argument("--model", required=True, help="impact model directory, or 'none'")
-    p.add_argument("--candidates", required=True, nargs="+", help="a quadrant's candidates.csv, one or several")
+    p.add_argument("--candidates", required=True, nargs="+",
+                   help="a quadrant's candidates.csv, one or several (the first tile's first, tile by tile)")
     p.add_argument("--scale", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", required=True, nargs="+", help="classified.csv, one per --candidates, in the same order")
