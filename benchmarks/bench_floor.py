@@ -26,7 +26,12 @@ process (wall time, peak RSS from ``wait4``); the 1-minute load average is print
    float32): the stream from memory in the floor child, one quadrant per process and a tile per process,
    on the tile as written (ZSTD) and stored uncompressed, each ``--repeat`` times interleaved (median
    reported, every run's wall time printed), the probability difference to the float32 job, the
-   candidates compared, and the targets again;
+   candidates compared, and the targets again: against the floor of step 1 and, since the VM's speed
+   drifts within minutes, against the warm float32 floor measured again (in a child, whole span only) at
+   the start of each round, just before that round's jobs (median ratio of the rounds); and a batch of
+   ``--tiles-per-process`` tiles per process (default 4; ``detect.tiles_per_job``: the uncompressed tile
+   that many times in one detect and one classify process), whose outputs must equal the tile process's
+   byte for byte;
 6. **tile compression**: the tile copied as DEFLATE + predictor 2 (GDAL default level), ZSTD + predictor 2
    (level 1), LZW + predictor 2 and uncompressed; size, and the time to read and decode quadrant NW's span
    in full-width strips as the job does, with 1 and 2 GDAL decode threads.
@@ -43,6 +48,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -78,8 +84,9 @@ def child(task: str, *args: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ child tasks
-def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy: str) -> dict:
-    """Warm whole-span forward pass (first call separately) and the warm streamed network, from memory."""
+def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy: str, streams: str = "1") -> dict:
+    """Warm whole-span forward pass (first call separately) and the warm streamed network, from memory;
+    ``streams`` "0": the whole-span pass only, its probabilities not saved (the floor of each job round)."""
     from minescan.models.networks import STRIDE
     from minescan.models.store import load_model
     from minescan.scan.detect import open_tile
@@ -125,17 +132,20 @@ def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy:
         res[f"{key}_strip_cells"] = st.chunk_cells
         return out
 
-    stream = twice(model.network, "stream", precision)
-    res["stream_first_call_s"] = res["stream0_network_s"] - res["stream1_network_s"]
-    from minescan.models.onnx_net import load_network
+    stream = None
+    if streams == "1":
+        stream = twice(model.network, "stream", precision)
+        res["stream_first_call_s"] = res["stream0_network_s"] - res["stream1_network_s"]
+        from minescan.models.onnx_net import load_network
 
-    if precision == "float32":  # the same stream on ONNX Runtime (no TensorFlow in the job)
-        ort_stream = twice(load_network(Path(fcn) / "model.keras", "fcn"), "ort_stream", precision)
-        res["ort_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ort_stream - stream)))
-    if importlib.util.find_spec("openvino") is not None:  # whole strips on OpenVINO, in this precision
-        ov_stream = twice(load_network(Path(fcn) / "model.keras", "fcn", runtime="openvino"), "ov_stream", precision)
-        res["ov_strip_cells"] = res["ov_stream_strip_cells"]
-        res["ov_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ov_stream - stream)))
+        if precision == "float32":  # the same stream on ONNX Runtime (no TensorFlow in the job)
+            ort_stream = twice(load_network(Path(fcn) / "model.keras", "fcn"), "ort_stream", precision)
+            res["ort_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ort_stream - stream)))
+        if importlib.util.find_spec("openvino") is not None:  # whole strips on OpenVINO, in this precision
+            ov_stream = twice(load_network(Path(fcn) / "model.keras", "fcn", runtime="openvino"), "ov_stream",
+                              precision)
+            res["ov_strip_cells"] = res["ov_stream_strip_cells"]
+            res["ov_vs_tf_stream_max_diff"] = float(np.nanmax(np.abs(ov_stream - stream)))
     held.clear()
     # the whole span in one forward pass
     valid = np.all(raw != 0, axis=-1)
@@ -165,8 +175,9 @@ def child_floor(tile_path: str, tile_px: str, fcn: str, precision: str, out_npy:
     frac = valid[f0 : f0 + STRIDE * len(ky), f0 : f0 + STRIDE * len(kx)].reshape(
         len(ky), STRIDE, len(kx), STRIDE).mean(axis=(1, 3))
     prob = np.where(frac >= MIN_VALID_FRACTION, prob, np.nan).astype(np.float32)
-    np.save(out_npy, prob)
-    res["stream_vs_whole_max_diff"] = float(np.nanmax(np.abs(stream - prob)))
+    if stream is not None:
+        np.save(out_npy, prob)
+        res["stream_vs_whole_max_diff"] = float(np.nanmax(np.abs(stream - prob)))
     return res
 
 
@@ -207,23 +218,27 @@ def timing_of(stderr: str) -> dict:
     return json.loads(m.group(1))
 
 
-def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, threshold: float, *extra: str) -> dict:
+def detect(work: Path, tile_path: Path, tile_px: int, quadrants, tag: str, threshold: float, *extra: str,
+           tiles: int = 1) -> dict:
     """One detect process over ``quadrants`` (with the impact CNN), then one classify process for them (as
-    rules detect_tile and classify_tile run a tile's four)."""
-    outs = [work / f"{tag}_{q}" for q in quadrants]
+    rules detect_tile and classify_tile run a tile's four). ``tiles`` > 1: the tile that many times in the
+    one detect process and the one classify process (as the rules of a batch of detect.tiles_per_job
+    neighbours run it; outputs ``{tag}{k}_{q}`` for the k-th)."""
+    names = [tag] if tiles == 1 else [f"{tag}{k}" for k in range(tiles)]
+    outs = [work / f"{n}_{q}" for n in names for q in quadrants]
     for o in outs:
         o.mkdir(parents=True, exist_ok=True)
     d = work
-    det = bq.run([*bq.minescan_cmd(), "detect", "--tile", bq.tile_id(tile_px), "--quadrant", *quadrants,
-                  "--tile-path", str(tile_path), "--model", str(d / "models" / "fcn"), "--impact-model",
+    det = bq.run([*bq.minescan_cmd(), "detect", "--tile", *[bq.tile_id(tile_px)] * tiles, "--quadrant", *quadrants,
+                  "--tile-path", *[str(tile_path)] * tiles, "--model", str(d / "models" / "fcn"), "--impact-model",
                   str(d / "models" / "impact"), "--region", str(d / "region.geojson"), "--scale", str(bq.SCALE),
                   "--threshold", repr(threshold), *extra, "--prob-out", *[str(o / "probability.tif") for o in outs],
                   "--candidates-out", *[str(o / "candidates.csv") for o in outs], *bq.grid_args(tile_px)],
                  f"detect {tag}")
-    cls = [bq.run([*bq.minescan_cmd(), "classify", "--tile", bq.tile_id(tile_px), "--tile-path", str(tile_path),
-                   "--model", str(d / "models" / "impact"), "--candidates", *[str(o / "candidates.csv") for o in outs],
-                   "--scale", str(bq.SCALE), "--out", *[str(o / "classified.csv") for o in outs],
-                   *bq.grid_args(tile_px)], f"classify {tag}")]
+    cls = [bq.run([*bq.minescan_cmd(), "classify", "--tile", *[bq.tile_id(tile_px)] * tiles, "--tile-path",
+                   *[str(tile_path)] * tiles, "--model", str(d / "models" / "impact"),
+                   "--candidates", *[str(o / "candidates.csv") for o in outs], "--scale", str(bq.SCALE),
+                   "--out", *[str(o / "classified.csv") for o in outs], *bq.grid_args(tile_px)], f"classify {tag}")]
     tm = timing_of(det["stderr"])
     # peak RSS from the job itself (VmHWM): wait4's figure also counts this process's memory at the fork
     return {"outs": outs, "detect_s": det["wall_s"], "detect_rss_mb": tm.get("peak_rss_mb", det["rss_mb"]), "timing": tm,
@@ -267,6 +282,8 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
     ap.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
     ap.add_argument("--skip-compression", action="store_true", help="leave out the tile compression comparison")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each OpenVINO job (the median is reported)")
+    ap.add_argument("--tiles-per-process", type=int, default=4,
+                    help="tiles in the batch-per-process OpenVINO job (detect.tiles_per_job; the tile N times)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -414,13 +431,19 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
             while f.read(64 << 20):
                 pass
         # each job --repeat times, the four kinds interleaved (this VM's speed drifts by +-30 % within
-        # minutes); the run with the median wall time of each kind is reported
-        rounds = [[detect(work, tile_path, tile_px, ["NW"], "ovq", threshold, *ov_args),
-                   detect(work, tile_path, tile_px, list(QUADRANTS), "ovt", threshold, *ov_args),
-                   detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args),
-                   detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args)]
-                  for _ in range(args.repeat)]
-        jo, to, jn, tn = (median_run([r[k] for r in rounds]) for k in range(4))
+        # minutes); the run with the median wall time of each kind is reported. Each round starts with the
+        # warm float32 floor again, so every job is also compared with a floor of its own minute
+        rounds, round_floors = [], []
+        for _ in range(args.repeat):
+            round_floors.append(child("floor", str(tile_path), str(tile_px), str(work / "models" / "fcn"),
+                                      "float32", "-", "0")["warm_s"])
+            rounds.append([detect(work, tile_path, tile_px, ["NW"], "ovq", threshold, *ov_args),
+                           detect(work, tile_path, tile_px, list(QUADRANTS), "ovt", threshold, *ov_args),
+                           detect(work, raw_path, tile_px, ["NW"], "ovnq", threshold, *ov_args),
+                           detect(work, raw_path, tile_px, list(QUADRANTS), "ovnt", threshold, *ov_args),
+                           detect(work, raw_path, tile_px, list(QUADRANTS), "ovnbt", threshold, *ov_args,
+                                  tiles=args.tiles_per_process)])
+        jo, to, jn, tn, t2 = (median_run([r[k] for r in rounds]) for k in range(5))
         go = read_grid(jo["outs"][0] / "probability.tif")
         c32, co = candidates(job["outs"][0] / "candidates.csv"), candidates(jo["outs"][0] / "candidates.csv")
         ov_identical = same_files(work, "ovq", "ovt", QUADRANTS[:1], ("probability.tif",))
@@ -440,13 +463,29 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         same = same_files(work, "ovnt", "ovt", QUADRANTS)
         o.update(job_none={k: v for k, v in jn.items() if k != "outs"}, tile_none={k: v for k, v in tn.items() if k != "outs"},
                  none_identical=same, none_gb=raw_path.stat().st_size / 2**30, zstd_gb=tile_path.stat().st_size / 2**30)
-        o["walls"] = {tag: [r[k]["wall_s"] for r in rounds] for k, tag in enumerate(("ovq", "ovt", "ovnq", "ovnt"))}
+        nb = args.tiles_per_process
+        same2 = all(same_files(work, f"ovnbt{k}" if nb > 1 else "ovnbt", "ovnt", QUADRANTS) for k in range(nb))
+        o.update(batch={k: v for k, v in t2.items() if k != "outs"}, batch_identical=same2, batch_tiles=nb)
+        o["walls"] = {tag: [r[k]["wall_s"] for r in rounds]
+                      for k, tag in enumerate(("ovq", "ovt", "ovnq", "ovnt", "ovnbt"))}
+        # per quadrant / the floor measured at the start of the same round
+        o["round_floors"] = round_floors
+        per_job = {"ovq": 1, "ovt": 4, "ovnq": 1, "ovnt": 4, "ovnbt": 4 * nb}
+        o["round_ratios"] = {tag: [w / per_job[tag] / f for w, f in zip(ws, round_floors, strict=True)]
+                             for tag, ws in o["walls"].items()}
         note(f"OpenVINO {prec}: wall of each run (s), median reported",
              "; ".join(f"{tag} {', '.join(f'{w:.2f}' for w in ws)}" for tag, ws in o["walls"].items()))
+        note("warm float32 floor at the start of each round (s); per quadrant / that floor",
+             ", ".join(f"{f:.2f}" for f in round_floors) + "; " + "; ".join(
+                 f"{tag} {', '.join(f'{x:.2f}' for x in xs)}" for tag, xs in o["round_ratios"].items()))
         note(f"uncompressed tile ({o['none_gb']:.2f} GB vs {o['zstd_gb']:.2f} GB ZSTD), OpenVINO {prec}",
              f"quadrant job {jn['wall_s']:.2f} s (read-ahead thread {jn['timing']['read_in_thread']:.2f} s vs "
              f"{jo['timing']['read_in_thread']:.2f} s); tile per process {tn['wall_s']:.2f} s = {tn['wall_s'] / 4:.2f} s "
              f"per quadrant; outputs byte-identical to the ZSTD tile's: {same}")
+        note(f"{nb} tiles per process (detect.tiles_per_job: {nb}; the uncompressed tile {nb} times), OpenVINO {prec}",
+             f"{t2['wall_s']:.2f} s = {t2['wall_s'] / (4 * nb):.2f} s per quadrant (detect {t2['detect_s']:.2f} s, classify "
+             f"process {t2['classify_s']:.2f} s, peak RSS {t2['detect_rss_mb']:.0f} MB); outputs byte-identical to "
+             f"the tile process's: {same2}")
 
     # tile compression
     if not args.skip_compression:
@@ -486,7 +525,8 @@ def main() -> None:  # noqa: PLR0915 - one script, one flow
         o = res["ov"]
         bf16_diff = max(bf16_diff, o["max_diff"]) if o["precision"] == "bfloat16" else bf16_diff
         diff = max(diff, o["max_diff"]) if o["precision"] == "float32" else diff
-        same_nan, identical = same_nan and o["nan_equal"], identical and o["tile_identical"] and o["none_identical"]
+        same_nan, identical = same_nan and o["nan_equal"], (identical and o["tile_identical"] and o["none_identical"]
+                                                        and o.get("batch_identical", True))
     if not (diff <= 1e-5 and same_nan and identical and bf16_diff <= PRECISION_TOLERANCE["bfloat16"]):
         raise SystemExit(f"FAIL: job vs floor max |diff| {diff:.2e}, NaN equal {same_nan}; tile mode identical "
                          f"{identical}; bfloat16 max |diff| {bf16_diff:.4f} (tolerance "
@@ -536,6 +576,9 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
              ov["job_none"]["wall_s"])
         line(f"**tile per process, OpenVINO {ov['precision']}, uncompressed tile: per quadrant**",
              ov["tile_none"]["wall_s"] / 4)
+        if "batch" in ov:
+            line(f"**{ov['batch_tiles']} tiles per process, OpenVINO {ov['precision']}, uncompressed tile: per quadrant**",
+                 ov["batch"]["wall_s"] / (4 * ov["batch_tiles"]))
     print("\nbreakdown of the detect process (s): one quadrant / a tile's 4 quadrants in one process, on ONNX "
           "Runtime and on TensorFlow:")
     cols = [(job["timing"], job["exit_s"], job["classify_s"]),
@@ -549,6 +592,10 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
         cols += [(x["timing"], x["exit_s"], x["classify_s"]) for x in (jo, to, jn, tn)]
         heads += [f"OV {ov['precision']} 1 quadrant", f"OV {ov['precision']} tile (4)",
                   f"OV {ov['precision']} 1 quadrant, uncompressed", f"OV {ov['precision']} tile (4), uncompressed"]
+        if "batch" in ov:
+            x = ov["batch"]
+            cols.append((x["timing"], x["exit_s"], x["classify_s"]))
+            heads.append(f"OV {ov['precision']} {ov['batch_tiles']} tiles ({4 * ov['batch_tiles']}), uncompressed")
     keys = ("startup", "imports", "tensorflow_import", "device", "models", "stream_build", "first_call", "network",
             "fcn_other", "impact", "checks", "candidates", "write", "other")
     names = {"startup": "interpreter + CLI imports", "imports": "scan-module imports", "tensorflow_import":
@@ -595,6 +642,25 @@ def report(res: dict, floor: float, flops: float, work_s: float, tm: dict, job: 
               f"{jn_s / floor:.2f} x ({ok(jn_s <= 2.5 * floor)}), tile per process {tn_s / floor:.2f} x "
               f"({ok(tn_s <= 1.3 * floor)}), peak RSS {nrss / 1024:.2f} GB ({ok(nrss <= 2560)}); Brazil "
               f"{4000 * tn_s / 3600:.1f} h tile per process")
+        if ov.get("round_ratios"):  # each run against the floor measured in its own round (no drift between)
+            rr, fl = ov["round_ratios"], ov["round_floors"]
+
+            def med(tag: str, target: float) -> str:
+                xs = sorted(rr[tag])
+                m = statistics.median(xs)
+                return f"{m:.2f} x ({xs[0]:.2f}-{xs[-1]:.2f}; {ok(m <= target)})"
+
+            print(f"  on OpenVINO, {ov['precision']}, each run / the warm float32 floor measured at the start of its "
+                  f"round (floors {min(fl):.2f}-{max(fl):.2f} s; median of {len(fl)} rounds): ZSTD 1 quadrant "
+                  f"{med('ovq', 2.5)}, tile per process {med('ovt', 1.3)}; uncompressed 1 quadrant {med('ovnq', 2.5)}, "
+                  f"tile per process {med('ovnt', 1.3)}"
+                  + (f", {ov['batch_tiles']} tiles per process {med('ovnbt', 1.3)}" if "ovnbt" in rr else ""))
+        if "batch" in ov:
+            nb = ov["batch_tiles"]
+            t2_s = ov["batch"]["wall_s"] / (4 * nb)
+            print(f"  on OpenVINO, {ov['precision']}, uncompressed, {nb} tiles per process (detect.tiles_per_job: {nb}): "
+                  f"{t2_s / floor:.2f} x ({ok(t2_s <= 1.3 * floor)}), peak RSS "
+                  f"{ov['batch']['detect_rss_mb'] / 1024:.2f} GB; Brazil {4000 * t2_s / 3600:.1f} h")
     n_q = 4000
     print(f"Brazil (~{n_q} quadrants of this size) on one such machine: {n_q * per_q_tile / 3600:.1f} h tile per "
           f"process, {n_q * t['four_processes_s'] / 4 / 3600:.1f} h quadrant per process, "
