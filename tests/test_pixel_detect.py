@@ -196,3 +196,15 @@ def test_detect_cli_dispatches_on_the_card(scene, tmp_path, capsys):
     assert run(args) == 0
     assert (tmp_path / "q" / PIXEL_PROB_FILE).is_file()
     assert run([*args[:-4], "--halo-px", "20", *args[-4:]]) == 2  # the water distance's halo is checked
+    # a batch of tiles (detect.tiles_per_job; here the tile twice) gives each quadrant the bytes of its own job
+    i, j = args.index("--tile"), args.index("--tile-path")
+    batch = list(args)
+    batch[j + 1 : j + 2] = [str(path), str(path)]
+    batch[i + 1 : i + 2] = [tile.name, tile.name]
+    k = batch.index("--prob-out")
+    batch[k:] = ["--prob-out", *(str(tmp_path / b / "probability.tif") for b in ("b1", "b2")),
+                 "--candidates-out", *(str(tmp_path / b / "c.csv") for b in ("b1", "b2"))]
+    assert run(batch) == 0
+    for b in ("b1", "b2"):
+        for name in (PIXEL_PROB_FILE, "probability.tif", "c.csv"):
+            assert (tmp_path / b / name).read_bytes() == (tmp_path / "q" / name).read_bytes(), (b, name)

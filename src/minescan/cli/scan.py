@@ -59,11 +59,7 @@ def cmd_detect(args) -> int:
     if card["kind"] == "pixel":  # a pixel classifier (minescan.pixel) as the detector
         from minescan.pixel.detect import cmd_detect_pixel
 
-        if len(args.tile) > 1:
-            raise ConfigError(f"detect: a pixel model ({args.model}) runs one tile per job, not {len(args.tile)} "
-                              "(detect.tiles_per_job: 1)")
-        args.tile, args.tile_path = args.tile[0], args.tile_path[0]
-        return cmd_detect_pixel(args)
+        return cmd_detect_pixel(args, jobs)
     from minescan.scan.detect import run_detect
     from minescan.scan.inference import (
         DEFAULT_MAX_BLOCK_MB,
