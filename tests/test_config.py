@@ -63,3 +63,23 @@ def test_readme_config_reference_is_current():
     block = readme.split(start, 1)[1].split(end, 1)[0]
     assert block.strip() == cfgmod.reference_markdown().strip(), (
         "README's config reference is stale: regenerate it with `minescan config-reference`")
+
+
+def test_text_values_from_snakemake_config_become_what_the_schema_wants():
+    """``--config 'detect={"tiles_per_job": 4}'`` reaches the config as text ("4"): numbers, booleans and
+    null spelled as text are read as such where the schema takes no text; other text still fails by name."""
+    from minescan.config import validate
+    from minescan.errors import ConfigError
+
+    base = {"region": {"name": "r", "file": "r.geojson"}, "periods": ["2026Q1"]}
+    cfg = validate({**base, "detect": {"tiles_per_job": "4", "threshold": "0.55", "max_block_mb": "null",
+                                       "require_gpu": "true", "quadrants_per_job": "tile"}})
+    d = cfg["detect"]
+    assert d["tiles_per_job"] == 4 and isinstance(d["tiles_per_job"], int)
+    assert d["threshold"] == 0.55 and d["max_block_mb"] is None and d["require_gpu"] is True
+    assert d["quadrants_per_job"] == "tile"
+    assert validate({**base, "region": {"name": "12", "file": "r.geojson"}})["region"]["name"] == "12"  # text stays
+    with pytest.raises(ConfigError, match=r"key 'detect.tiles_per_job': 'four' is not of type 'integer'"):
+        validate({**base, "detect": {"tiles_per_job": "four"}})
+    with pytest.raises(ConfigError, match=r"key 'detect.tiles_per_job': 0 is less than the minimum of 1"):
+        validate({**base, "detect": {"tiles_per_job": "0"}})

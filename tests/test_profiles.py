@@ -58,7 +58,7 @@ def test_site_settings_are_marked_in_one_place():
 
 @pytest.mark.parametrize("profile", ["slurm", "slurm-cpu"])
 def test_cluster_profiles_run_a_tile_per_detect_job(profile):
-    assert _profile(profile)["config"] == 'detect={"quadrants_per_job": "tile"}'
+    assert _profile(profile)["config"] == 'detect={"quadrants_per_job": "tile", "tiles_per_job": 4}'
 
 
 @pytest.fixture(scope="module")

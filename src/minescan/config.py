@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,35 @@ def _fill_defaults(value, node: dict, root: dict):
     return value
 
 
+def _from_text(value, node: dict, root: dict):
+    """Snakemake's ``--config key={...}`` reads nested values as text (YAML's BaseLoader: ``{"n": 4}`` gives
+    ``"4"``): a text value where the schema allows no text becomes the number, boolean or null it spells,
+    if it spells one; anything else is left for the validator to name."""
+    node = _resolve(node, root)
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        return {k: _from_text(v, props[k], root) if k in props else v for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if "string" in types or value in node.get("enum", ()):
+        return value
+    text = value.strip()
+    if "integer" in types and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if "number" in types:
+        try:
+            return float(text) if re.search(r"[.eE]|inf|nan", text, re.I) else int(text)
+        except ValueError:
+            pass
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "null" in types and text.lower() in ("null", "none", "~"):
+        return None
+    return value
+
+
 def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
@@ -54,7 +84,7 @@ def validate(config: dict, source: str = "config", today: dt.date | None = None)
     """Return a validated copy of ``config`` with defaults filled in and ``periods`` expanded (``periods`` +
     ``schedule``, oldest first, as of ``today``); raise ConfigError naming the key."""
     root = schema()
-    cfg = _fill_defaults(copy.deepcopy(config or {}), root, root)
+    cfg = _fill_defaults(_from_text(copy.deepcopy(config or {}), root, root), root, root)
     validator = jsonschema.Draft202012Validator(root)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), _path(e)))
     if errors:
