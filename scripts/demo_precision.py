@@ -12,7 +12,8 @@ cells must match) and the candidate cells. Prints one line per bfloat16 run and 
 Then the demo tiles are stored uncompressed (``source.tile_compression: none``, with
 :func:`minescan.sources.local.recompress_tile`) and float32 runs again on them: its probability rasters
 and candidates must be byte-identical to the ZSTD tiles' (one more line, and ``tile_compression`` in the
-JSON).
+JSON). Last, all the demo tiles run in one detect process (``detect.tiles_per_job``): byte-identical to the
+process per tile, with both wall times (one more line, ``tiles_in_one_process``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,19 +44,40 @@ def runs() -> dict[str, list[str]]:
     return r
 
 
-def detect(tile: Path, name: str, options: list[str], out: Path) -> None:
-    dirs = [out / name / f"{tile.stem}_{q}" for q in QUADRANTS]
+def detect(tile: Path | list[Path], name: str, options: list[str], out: Path) -> float:
+    """``minescan detect`` on a tile's four quadrants (or several tiles' in one process, as a batch of
+    ``detect.tiles_per_job`` runs); returns the process's wall time (s)."""
+    tiles = tile if isinstance(tile, list) else [tile]
+    dirs = [out / name / f"{t.stem}_{q}" for t in tiles for q in QUADRANTS]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-    cmd = [str(Path(sys.executable).parent / "minescan"), "detect", "--tile", tile.stem, "--quadrant", *QUADRANTS,
-           "--tile-path", str(tile), "--model", "results/models/demo-discovery", "--region",
+    cmd = [str(Path(sys.executable).parent / "minescan"), "detect", "--tile", *[t.stem for t in tiles],
+           "--quadrant", *QUADRANTS, "--tile-path", *map(str, tiles), "--model", "results/models/demo-discovery",
+           "--region",
            "config/demo_region.geojson", "--scale", "0.0001", "--threshold", "0.6", *options,
            "--impact-model", "results/models/demo-impact", "--on-empty", "error", "--tile-px", "1024",
            "--halo-px", "160", "--resolution-m", "10", "--period", "2026Q1",
            "--prob-out", *[str(d / "probability.tif") for d in dirs],
            "--candidates-out", *[str(d / "candidates.csv") for d in dirs]]
-    with open(out / name / f"{tile.stem}.log", "w") as log:
+    t0 = time.perf_counter()
+    with open(out / name / f"{tiles[0].stem}{'+' if len(tiles) > 1 else ''}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, stderr=log, check=True)
+    return time.perf_counter() - t0
+
+
+def tiles_in_one_process(tiles: list[Path], options: list[str], out: Path, per_tile_s: float) -> dict:
+    """float32 on all the demo tiles in one detect process (``detect.tiles_per_job``); its outputs must
+    equal the per-tile processes' byte for byte."""
+    wall = detect(tiles, "float32-one-process", options, out)
+    same = all((d / f).read_bytes() == (out / "float32-one-process" / d.name / f).read_bytes()
+               for d in sorted((out / "float32").glob("*_*/")) for f in ("probability.tif", "candidates.csv"))
+    r = {"tiles": len(tiles), "per_tile_processes_s": round(per_tile_s, 2), "one_process_s": round(wall, 2),
+         "outputs_identical": same}
+    print(f"demo, {len(tiles)} tiles in one detect process (detect.tiles_per_job): {wall:.1f} s against "
+          f"{per_tile_s:.1f} s in {len(tiles)} processes; probabilities and candidates byte-identical: {same}")
+    if not same:
+        raise SystemExit("demo_precision: the tiles in one process gave other outputs than a process per tile")
+    return r
 
 
 def read(path: Path) -> np.ndarray:
@@ -90,9 +113,10 @@ def main(argv=None) -> int:
     if not tiles or not (ROOT / "results/models/demo-discovery/card.json").exists():
         raise SystemExit("demo_precision: run `make demo` first (tiles and trained demo models)")
     todo = runs()
+    walls: dict[str, float] = {}
     for name, options in todo.items():
         for tile in tiles:
-            detect(tile, name, options, out)
+            walls[name] = walls.get(name, 0.0) + detect(tile, name, options, out)
     res: dict = {}
     for name in [n for n in todo if n != "float32"]:
         diff = to_scan = 0.0
@@ -120,6 +144,7 @@ def main(argv=None) -> int:
               f"candidates float32 {r['candidates_float32']}, bfloat16 {r['candidates_bfloat16']}, in common "
               f"{r['candidates_common']}; float32 vs the demo scan's rasters: {to_scan:g}")
     res["tile_compression"] = uncompressed_tiles(tiles, todo["float32"], out)
+    res["tiles_in_one_process"] = tiles_in_one_process(tiles, todo["float32"], out, walls["float32"])
     (out / "precision.json").write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
