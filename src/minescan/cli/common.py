@@ -19,7 +19,8 @@ def grid_from_args(args):
     return GridSpec(args.tile_px, args.resolution_m, args.halo_px)
 
 
-def tile_from_args(args):
+def tile_from_args(args, name: str | None = None):
+    """The tile ``--tile`` names (or ``name``, one of several ``--tile``) on the grid the arguments give."""
     from minescan.grid import Tile, TileId
 
-    return Tile(TileId.parse(args.tile), grid_from_args(args))
+    return Tile(TileId.parse(args.tile if name is None else name), grid_from_args(args))

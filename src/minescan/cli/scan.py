@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from minescan.cli.common import grid_args, grid_from_args
+from minescan.cli.common import grid_args, tile_from_args
 from minescan.errors import ConfigError
 
 log = logging.getLogger("minescan")
@@ -115,12 +115,9 @@ def cmd_detect(args) -> int:
         pyramid = Pyramid.from_dict(section, lambda p: load_model(p, expect_kind="discovery"))
     # several quadrants (detect.quadrants_per_job: tile) or tiles (detect.tiles_per_job): one start-up and
     # model load for all, the quadrants one after the other, each exactly as in a job of its own
-    from minescan.grid import Tile, TileId
-
-    grid = grid_from_args(args)
     for (name, tile_path, quadrant), prob_out, cands_out in zip(jobs, args.prob_out, args.candidates_out, strict=True):
         with compute_precision(args.precision):
-            run_detect(tile_path, Tile(TileId.parse(name), grid), quadrant, model, region, args.scale,
+            run_detect(tile_path, tile_from_args(args, name), quadrant, model, region, args.scale,
                        args.threshold, args.block_cells, prob_out, cands_out, args.on_empty,
                        max_block_mb=max_block_mb, method=args.inference, impact=impact,
                        impact_batch_size=args.impact_batch_size, quality=quality, tags={"DEVICE": dev.label, "RUNTIME": runtime},
@@ -150,14 +147,12 @@ def cmd_classify(args) -> int:
             # all rated by this very model in the detect job: copied without importing pandas or rasterio
             if copy_rated(candidates, out, args.model, name) is not None:
                 continue
-        from minescan.grid import Tile, TileId
         from minescan.scan.detect import lazy_model, run_classify
 
         # the network (and TensorFlow) is only loaded if some candidate is not yet rated by this model
         if model is None and args.model not in ("none", ""):
             model = lazy_model(args.model, "impact")
-        run_classify(tile_path, Tile(TileId.parse(name), grid_from_args(args)), model, args.scale, candidates, out,
-                     args.batch_size)
+        run_classify(tile_path, tile_from_args(args, name), model, args.scale, candidates, out, args.batch_size)
     return 0
 
 

@@ -252,20 +252,18 @@ def run_pixel_detect(
 def cmd_detect_pixel(args, jobs: list[tuple[str, str, str]]) -> int:
     """``minescan detect`` with a pixel model (the CLI dispatches here on the card's ``kind: pixel``);
     ``jobs``: (tile id, tile path, quadrant) in the order of ``--prob-out``/``--candidates-out``."""
-    from minescan.cli.common import grid_from_args
-    from minescan.grid import Tile, TileId
+    from minescan.cli.common import tile_from_args
     from minescan.pixel.labels import polygons_in_crs
     from minescan.pixel.train import load_pixel_model
     from minescan.vector_io import read_region
 
     model = load_pixel_model(args.model)
-    grid = grid_from_args(args)
     if args.impact_model:
         log.info("pixel model: candidates are rated by the classify job, not here")
     region = read_region(args.region, args.region_layer)
     water: dict = {}  # per tile CRS (a batch of tiles shares one)
     for (name, tile_path, quadrant), prob_out, cands_out in zip(jobs, args.prob_out, args.candidates_out, strict=True):
-        tile = Tile(TileId.parse(name), grid)
+        tile = tile_from_args(args, name)
         if args.water and model.feature_set.needs_water and str(tile.crs) not in water:
             water[str(tile.crs)] = polygons_in_crs(args.water, tile.crs)
         run_pixel_detect(tile_path, tile, quadrant, model, region, args.scale, args.threshold, prob_out,
