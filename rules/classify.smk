@@ -105,9 +105,4 @@ for _batch in TILE_BATCHES:
             "--candidates {input.candidates:q} --scale {params.scale} --batch-size {params.batch} {params.grid} "
             "--out {output:q} 2> {log:q}"
 
-    _rule = getattr(rules, _name).rule
-    _rule.resources = rules.classify_tile.rule.resources.copy()
-    _rule.__class__ = _GroupedLikeTileJob
-    _rule.like_rule = "classify_tile"
-    workflow.ruleorder(_name, "classify_tile")
-    workflow.ruleorder(_name, "classify")
+    like_tile_job(_name, "classify_tile", "classify")

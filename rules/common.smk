@@ -150,6 +150,19 @@ class _GroupedLikeTileJob(snakemake.rules.Rule):
         self._group = group
 
 
+def like_tile_job(name, tile_rule, quadrant_rule):
+    """The batch ``name`` asks for what the tile job ``tile_rule`` asks for (its resources, the profile's
+    set-resources included, as a profile names rules and batches are named per batch) and joins its group
+    (looked up when Snakemake executes, as the profile's groups arrive only then); it is preferred over
+    the tile and quadrant jobs that could make the same files."""
+    batch = getattr(rules, name).rule
+    batch.resources = getattr(rules, tile_rule).rule.resources.copy()
+    batch.__class__ = _GroupedLikeTileJob
+    batch.like_rule = tile_rule
+    workflow.ruleorder(name, tile_rule)
+    workflow.ruleorder(name, quadrant_rule)
+
+
 TILE_BATCHES = (
     [b for b in tile_batches(FULL_TILES, config["detect"]["tiles_per_job"]) if len(b) > 1]
     if config["detect"]["quadrants_per_job"] == "tile" and config["detect"]["tiles_per_job"] > 1

@@ -105,14 +105,6 @@ for _batch in TILE_BATCHES:
             "--pyramid={params.pyramid:q} {params.grid} --period {wildcards.period} {params.water} "
             "--prob-out {output.probability:q} --candidates-out {output.candidates:q} 2> {log:q}"
 
-    # a batch job asks for what a tile job asks for, the profile's set-resources and group of detect_tile
-    # included (a profile names rules, and these are named per batch): the same partition, GPU and memory
-    # (the strips' memory does not grow with the tiles), and time to spare (a tile takes seconds). The
-    # profile's groups reach Snakemake only when it executes, after this file is read: looked up then.
-    _rule = getattr(rules, _name).rule
-    _rule.resources = rules.detect_tile.rule.resources.copy()
-    _rule.__class__ = _GroupedLikeTileJob
-    _rule.like_rule = "detect_tile"
-
-    workflow.ruleorder(_name, "detect_tile")
-    workflow.ruleorder(_name, "detect")
+    # what a tile job asks for: the same partition, GPU and memory (the strips' memory does not grow with
+    # the tiles), and time to spare (a tile takes seconds)
+    like_tile_job(_name, "detect_tile", "detect")
