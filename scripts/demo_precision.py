@@ -69,8 +69,7 @@ def tiles_in_one_process(tiles: list[Path], options: list[str], out: Path, per_t
     """float32 on all the demo tiles in one detect process (``detect.tiles_per_job``); its outputs must
     equal the per-tile processes' byte for byte."""
     wall = detect(tiles, "float32-one-process", options, out)
-    same = all((d / f).read_bytes() == (out / "float32-one-process" / d.name / f).read_bytes()
-               for d in sorted((out / "float32").glob("*_*/")) for f in ("probability.tif", "candidates.csv"))
+    same = same_as_float32(out, "float32-one-process")
     r = {"tiles": len(tiles), "per_tile_processes_s": round(per_tile_s, 2), "one_process_s": round(wall, 2),
          "outputs_identical": same}
     print(f"demo, {len(tiles)} tiles in one detect process (detect.tiles_per_job): {wall:.1f} s against "
@@ -78,6 +77,12 @@ def tiles_in_one_process(tiles: list[Path], options: list[str], out: Path, per_t
     if not same:
         raise SystemExit("demo_precision: the tiles in one process gave other outputs than a process per tile")
     return r
+
+
+def same_as_float32(out: Path, name: str) -> bool:
+    """Whether run ``name`` wrote the float32 run's probability rasters and candidates, byte for byte."""
+    return all((d / f).read_bytes() == (out / name / d.name / f).read_bytes()
+               for d in sorted((out / "float32").glob("*_*/")) for f in ("probability.tif", "candidates.csv"))
 
 
 def read(path: Path) -> np.ndarray:
@@ -93,8 +98,7 @@ def uncompressed_tiles(tiles: list[Path], options: list[str], out: Path) -> dict
     for tile in tiles:
         recompress_tile(tile, raw / tile.name, "none")
         detect(raw / tile.name, "float32-uncompressed-tiles", options, out)
-    same = all((d / f).read_bytes() == (out / "float32-uncompressed-tiles" / d.name / f).read_bytes()
-               for d in sorted((out / "float32").glob("*_*/")) for f in ("probability.tif", "candidates.csv"))
+    same = same_as_float32(out, "float32-uncompressed-tiles")
     r = {"tiles": len(tiles), "zstd_mb": sum(t.stat().st_size for t in tiles) / 2**20,
          "none_mb": sum((raw / t.name).stat().st_size for t in tiles) / 2**20, "outputs_identical": same}
     print(f"demo, uncompressed tiles (source.tile_compression: none): {r['tiles']} tiles, {r['none_mb']:.0f} MB "
